@@ -1,0 +1,50 @@
+"""Model registry and the functional view of a flax NNX model.
+
+A model is built once from ``(model_config, input_shape, num_classes, key)`` and split into a static
+``graphdef``, trainable ``params`` (``nnx.Param``) and ``rest`` (everything else, e.g. BatchNorm
+statistics; empty for the MLP and CNN). Training code only sees these pytrees and :func:`apply`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+from flax import nnx
+
+from ev3.models.cnn import CNN
+from ev3.models.mlp import MLP
+
+MODEL_TYPES = {"mlp": MLP, "cnn": CNN}
+
+
+class Network(NamedTuple):
+    """A model in functional form: ``graphdef`` is static, ``params`` and ``rest`` are pytrees of arrays."""
+
+    graphdef: Any
+    params: Any
+    rest: Any
+
+
+def build(model_config: dict, input_shape: tuple[int, ...], num_classes: int, key: jax.Array) -> Network:
+    """Initialize the model named by ``model_config["type"]`` (other keys are its constructor options)."""
+    options = {k: v for k, v in model_config.items() if k != "type"}
+    module = MODEL_TYPES[model_config["type"]](tuple(input_shape), num_classes, **options, rngs=nnx.Rngs(params=key))
+    return Network(*nnx.split(module, nnx.Param, ...))
+
+
+def apply(graphdef, params, rest, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, Any]:
+    """Pure forward pass: logits (B, C) and the updated ``rest`` (BatchNorm statistics in train mode)."""
+    model = nnx.merge(graphdef, params, rest)
+    model.train() if train else model.eval()
+    logits = model(x)
+    return logits, nnx.state(model, nnx.Not(nnx.Param))
+
+
+def logits_fn(network: Network):
+    """``(params, x) -> logits`` in eval mode, with ``rest`` closed over (for frozen models and tests)."""
+    return lambda params, x: apply(network.graphdef, params, network.rest, x)[0]
+
+
+def param_count(params) -> int:
+    return sum(int(p.size) for p in jax.tree.leaves(params))

@@ -1,0 +1,50 @@
+"""Small CNN: ``len(channels)`` × (Conv(kernel, stride, SAME) → ReLU) → flatten → Linear(num_classes).
+
+The convolution rank follows the input: a (L,) signal (mnist1d) is treated as (L, 1) and gets 1-D
+convolutions; an (H, W, C) image (digits) gets 2-D convolutions. Channels-last throughout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from flax import nnx
+
+
+def _conv_input_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (*input_shape, 1) if len(input_shape) == 1 else tuple(input_shape)
+
+
+class CNN(nnx.Module):
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        *,
+        channels: list[int],
+        kernel_size: int,
+        stride: int,
+        rngs: nnx.Rngs,
+    ):
+        shape = _conv_input_shape(input_shape)
+        self.conv_shape = shape
+        spatial = len(shape) - 1
+        in_ch = shape[-1]
+        convs = []
+        size = list(shape[:-1])
+        for out_ch in channels:
+            convs.append(
+                nnx.Conv(in_ch, out_ch, (kernel_size,) * spatial, strides=(stride,) * spatial, padding="SAME", rngs=rngs)
+            )
+            size = [math.ceil(s / stride) for s in size]
+            in_ch = out_ch
+        self.convs = nnx.List(convs)
+        self.head = nnx.Linear(math.prod(size) * in_ch, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x``: (B, *input_shape) → logits (B, num_classes)."""
+        h = x.reshape((x.shape[0], *self.conv_shape))
+        for conv in self.convs:
+            h = nnx.relu(conv(h))
+        return self.head(h.reshape(h.shape[0], -1))
