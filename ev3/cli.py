@@ -1,0 +1,75 @@
+"""``python -m ev3 <command>``: what the workflow rules call; also usable without Snakemake.
+
+Commands: ``prepare-data NAME --data-dir DIR``; ``train RUN_JSON --out DIR [--threads N]``;
+``resolve CONFIG --dataset D --student S --method M --seed K --out RUN_JSON`` (or ``--teacher``);
+``aggregate RESULTS_ROOT``; ``validate CONFIG``.
+``--threads`` limits XLA's CPU threads; it is applied before JAX is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def limit_threads(threads: int) -> None:
+    """Keep XLA's CPU backend to ``threads`` threads: 1 → single-threaded Eigen and intra-op pools, so
+    ``snakemake --cores N`` can run N one-thread jobs without oversubscribing; more → XLA's default pools."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ev3", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare-data", help="build an embedded dataset as TFDS array_record")
+    prep.add_argument("name")
+    prep.add_argument("--data-dir", required=True)
+    train = sub.add_parser("train", help="run one resolved run config")
+    train.add_argument("run_json")
+    train.add_argument("--out", required=True)
+    train.add_argument("--threads", type=int, default=0, help="XLA CPU threads (0: XLA's default)")
+    agg = sub.add_parser("aggregate", help="metrics.json files → tables and figures")
+    agg.add_argument("root", help="results/<benchmark>")
+    val = sub.add_parser("validate", help="validate a benchmark config file")
+    val.add_argument("config")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "train" and args.threads:
+        limit_threads(args.threads)
+
+    from ev3.config import ConfigError
+
+    try:
+        if args.command == "prepare-data":
+            from ev3.data import prepare
+
+            print(prepare(args.name, args.data_dir))
+        elif args.command == "train":
+            from ev3 import io
+            from ev3.config import RunSpec
+            from ev3.run import run
+
+            run(RunSpec.from_dict(io.read_json(args.run_json)), args.out)
+        elif args.command == "aggregate":
+            from ev3.report.aggregate import aggregate
+
+            aggregate(args.root)
+        elif args.command == "validate":
+            import yaml
+
+            from ev3.config import validate
+
+            with open(args.config) as f:
+                validate(yaml.safe_load(f))
+            print(f"{args.config}: ok")
+    except (ConfigError, FileNotFoundError, FloatingPointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

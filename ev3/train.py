@@ -1,0 +1,218 @@
+"""The shared training loop: every method runs through :func:`fit`.
+
+The loop owns the step budget, batch order, eval cadence, selection on ``val``, the NaN/Inf guard, timing and
+compute accounting; a method only supplies ``init`` / ``step`` / ``evaluate`` (see ``ev3.methods.common``).
+
+Conventions
+- Batches: each epoch is a permutation of ``train`` (stream ``batch_order`` folded with the epoch number),
+  cut into ``N // batch_size`` batches (the remainder is dropped); the gather runs on device inside the
+  jitted step. The step key is stream ``step`` folded with the step number.
+- The Python loop calls one ahead-of-time compiled step per iteration (conv training inside ``lax.scan`` is
+  much slower on CPU); the loss is summed on device and fetched only at evaluations.
+- FLOPs: XLA's ``cost_analysis()`` of each compiled call × its number of calls. ``flops_teacher`` = teacher
+  forward cost on a batch × teacher forwards; ``flops_student`` = the rest of the training steps;
+  ``flops_selection`` = evaluations on ``val``. Test-set evaluations are reporting only and not counted.
+- Selection: the state with the best ``val`` accuracy (earliest on ties) is the reported model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ev3.losses import cross_entropy_per_sample
+from ev3.rng import seed_key, stream
+
+EVAL_CHUNK = 1024
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN/Inf in the training loss or parameters; the run stops and writes no metrics."""
+
+
+@dataclass
+class Counter:
+    """Ahead-of-time compilation with a compile counter, compile time and per-call FLOPs."""
+
+    compiles: int = 0
+    compile_s: float = 0.0
+    cache: dict = field(default_factory=dict)
+
+    def compile(self, name: str, fn, *args, donate_argnums=()):
+        """Compile ``fn`` for ``args``' shapes once per (name, shapes); returns (compiled, flops per call)."""
+        shapes = tuple((a.shape, a.dtype) if hasattr(a, "shape") else type(a) for a in jax.tree.leaves(args))
+        key = (name, jax.tree.structure(args), shapes)
+        if key not in self.cache:
+            t0 = time.perf_counter()
+            compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
+            self.compile_s += time.perf_counter() - t0
+            self.compiles += 1
+            self.cache[key] = (compiled, flops_of(compiled))
+        return self.cache[key]
+
+
+def flops_of(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def predict(counter: Counter, evaluate, state, x: jax.Array) -> tuple[jax.Array, float]:
+    """Logits of ``evaluate(state, x)`` in fixed-size chunks (padded); returns (logits (N, C), FLOPs spent)."""
+    n = x.shape[0]
+    chunk = min(n, EVAL_CHUNK)
+    pieces, flops = [], 0.0
+    for start in range(0, n, chunk):
+        xb = x[start : start + chunk]
+        pad = chunk - xb.shape[0]
+        if pad:
+            xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
+        compiled, f = counter.compile("evaluate", evaluate, state, xb)
+        pieces.append(compiled(state, xb)[: chunk - pad])
+        flops += f
+    return jnp.concatenate(pieces), flops
+
+
+def accuracy(logits, labels) -> float:
+    return float(jnp.mean(jnp.argmax(logits, -1) == labels))
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+@dataclass
+class FitResult:
+    selected_state: object
+    final_state: object
+    val_accuracy: float
+    history: list
+    compute: dict
+
+
+def fit(method, spec, data, teacher, *, log=print) -> FitResult:
+    """Train ``method`` (a module from ``ev3.methods``) per ``spec`` on ``data`` and select on ``val``."""
+    t_start = time.perf_counter()
+    key = seed_key(spec.seed)
+    init_key = stream(key, "student_init" if spec.role == "student" else "teacher_init")
+    order_key, step_key = stream(key, "batch_order"), stream(key, "step")
+    teacher = jax.tree.map(jnp.copy, teacher)  # the step donates its state; keep the caller's teacher alive
+    state = method.init(spec, data, teacher, init_key)
+
+    x_all, y_all = data.splits["train"]
+    x_val, y_val = data.splits["val"]
+    x_test, y_test = data.splits["test"]
+    n, batch_size = x_all.shape[0], spec.train["batch_size"]
+    steps, eval_every = spec.train["steps"], spec.train["eval_every"]
+    per_epoch = n // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"train/batch_size={batch_size} exceeds the {n} training examples")
+
+    def loop_step(state, loss_sum, perm, j, i):
+        idx = jax.lax.dynamic_slice_in_dim(perm, j * batch_size, batch_size)
+        state, logs = method.step(state, (x_all[idx], y_all[idx]), jax.random.fold_in(step_key, i))
+        return state, loss_sum + logs["loss"]
+
+    def permutation(epoch):
+        return jax.random.permutation(jax.random.fold_in(order_key, epoch), n)
+
+    counter = Counter()
+    zero = jnp.float32(0.0)
+    i32 = np.int32
+    step_c, step_flops = counter.compile("step", loop_step, state, zero, permutation(0), i32(0), i32(0), donate_argnums=(0,))
+    perm_c, _ = counter.compile("permutation", permutation, i32(0))
+    finite_c, _ = counter.compile("all_finite", _all_finite, state)
+    teacher_fwd_flops = 0.0
+    if teacher is not None and method.TEACHER_FORWARDS_PER_STEP:
+        _, teacher_fwd_flops = counter.compile("teacher_forward", lambda t, x: t(x), teacher, x_all[:batch_size])
+
+    history, selection_flops = [], 0.0
+    best = None  # (val_accuracy, step, state copy)
+    loss_sum, since_eval, train_s = zero, 0, 0.0
+    perm = None
+    t_loop = time.perf_counter()
+    for i in range(steps):
+        epoch, j = divmod(i, per_epoch)
+        if j == 0:
+            perm = perm_c(i32(epoch))
+        state, loss_sum = step_c(state, loss_sum, perm, i32(j), i32(i))
+        since_eval += 1
+        done = i + 1
+        if done % eval_every == 0 or done == steps:
+            train_loss = float(loss_sum) / since_eval  # host sync
+            train_s += time.perf_counter() - t_loop
+            if not (math.isfinite(train_loss) and bool(finite_c(state))):
+                raise NonFiniteError(
+                    f"{spec.method}: non-finite training loss or parameters at step {done} (mean loss {train_loss})"
+                )
+            val_logits, f = predict(counter, method.evaluate, state, x_val)
+            selection_flops += f
+            test_logits, _ = predict(counter, method.evaluate, state, x_test)
+            val_acc = accuracy(val_logits, y_val)
+            flops_so_far = step_flops * done + selection_flops
+            history.append(
+                {
+                    "student_steps": done,
+                    "flops": flops_so_far,
+                    "wall_s": time.perf_counter() - t_start,
+                    "train_loss": train_loss,
+                    "val_accuracy": val_acc,
+                    "test_accuracy": accuracy(test_logits, y_test),
+                }
+            )
+            log(f"[{spec.method} seed{spec.seed}] step {done}/{steps} loss {train_loss:.4f} val {val_acc:.4f}")
+            if best is None or val_acc > best[0]:
+                best = (val_acc, done, jax.tree.map(jnp.copy, state))
+            loss_sum, since_eval = zero, 0
+            t_loop = time.perf_counter()
+
+    teacher_forwards = steps * method.TEACHER_FORWARDS_PER_STEP
+    flops_teacher = teacher_fwd_flops * teacher_forwards
+    flops_student = step_flops * steps - flops_teacher
+    memory = jax.devices()[0].memory_stats() or {}
+    compute = {
+        "student_steps": steps,
+        "teacher_forwards": teacher_forwards,
+        "teacher_backwards": steps * method.TEACHER_BACKWARDS_PER_STEP,
+        "flops_student": flops_student,
+        "flops_teacher": flops_teacher,
+        "flops_selection": selection_flops,
+        "flops": flops_student + flops_teacher + selection_flops,
+        "wall_s": time.perf_counter() - t_start,
+        "compile_s": counter.compile_s,
+        "compiles": counter.compiles,
+        "steps_per_s": steps / train_s if train_s > 0 else None,
+        "peak_memory_bytes": memory.get("peak_bytes_in_use"),
+    }
+    return FitResult(best[2], state, best[0], history, compute)
+
+
+def test_report(method, result: FitResult, data, teacher_test_logits) -> tuple[dict, dict]:
+    """Test metrics of the selected state (and the final one) plus ``predictions.npz`` arrays."""
+    counter = Counter()
+    x_test, y_test = data.splits["test"]
+    logits, _ = predict(counter, method.evaluate, result.selected_state, x_test)
+    final_logits, _ = predict(counter, method.evaluate, result.final_state, x_test)
+    pred = jnp.argmax(logits, -1)
+    metrics = {
+        "test_accuracy": accuracy(logits, y_test),
+        "final_test_accuracy": accuracy(final_logits, y_test),
+        "val_accuracy": result.val_accuracy,
+        "test_nll": float(jnp.mean(cross_entropy_per_sample(logits, y_test))),
+        "teacher_agreement": None
+        if teacher_test_logits is None
+        else float(jnp.mean(pred == jnp.argmax(teacher_test_logits, -1))),
+    }
+    predictions = {
+        "pred": np.asarray(pred, np.int64),
+        "label": np.asarray(y_test, np.int64),
+        "prob": np.asarray(jax.nn.softmax(logits, -1), np.float32),
+    }
+    return metrics, predictions

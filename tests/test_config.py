@@ -1,0 +1,98 @@
+"""Bad configs fail before any job, naming the offending key."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ev3.config import ConfigError, RunSpec, student_run, student_runs, teacher_run, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _set(config, path, value):
+    *head, last = path
+    node = config
+    for k in head:
+        node = node[k]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return config
+
+
+DELETE = object()
+BAD = [
+    (("epochs",), 10, "epochs"),
+    (("methods", "kd", "tempreature"), 4.0, "methods/kd/tempreature"),
+    (("methods", "scratch", "alpha"), 0.5, "methods/scratch/alpha"),
+    (("methods", "fancy"), {"type": "fancy"}, "methods/fancy/type"),
+    (("methods", "kd", "temperature"), "hot", "methods/kd/temperature"),
+    (("methods", "kd", "alpha"), DELETE, "methods/kd/alpha"),
+    (("train", "steps"), "many", "train/steps"),
+    (("train", "steps"), 0, "train/steps"),
+    (("train", "optimizer", "learning_rate"), -1.0, "train/optimizer/learning_rate"),
+    (("train", "optimizer", "name"), "lion", "train/optimizer/name"),
+    (("seeds",), [0, 1.5], "seeds/1"),
+    (("datasets",), ["imagenet"], "datasets/0"),
+    (("models", "mlp64", "widht"), 3, "models/mlp64/widht"),
+    (("models", "mlp64", "type"), "transformer", "models/mlp64/type"),
+    (("students",), ["resnet999"], "students/0"),
+    (("teacher", "model"), "nope", "teacher/model"),
+    (("split", "val"), 1.5, "split/val"),
+    (("teacher", "train", "batch_size"), 0, "teacher/train/batch_size"),
+    (("benchmark",), DELETE, "benchmark"),
+]
+
+
+def test_the_shipped_configs_are_valid():
+    for name in ("config.yaml", "smoke.yaml"):
+        with open(os.path.join(ROOT, "config", name)) as f:
+            validate(yaml.safe_load(f))
+
+
+@pytest.mark.parametrize("path, value, key", BAD, ids=[b[2] for b in BAD])
+def test_bad_config_names_the_key(smoke_config, path, value, key):
+    bad = _set(copy.deepcopy(smoke_config), path, value)
+    with pytest.raises(ConfigError) as e:
+        validate(bad)
+    assert str(e.value).startswith(f"{key}:"), str(e.value)
+
+
+def test_validate_does_not_modify_its_input(smoke_config):
+    before = copy.deepcopy(smoke_config)
+    validate(smoke_config)
+    assert smoke_config == before
+
+
+def test_run_configs_round_trip_and_pair_across_methods(smoke_config):
+    config = validate(smoke_config)
+    runs = student_runs(config)
+    assert len(runs) == len(config["methods"]) * len(config["seeds"])
+    kd = RunSpec.from_dict(student_run(config, "mnist1d", "mlp64", "kd", 1))
+    scratch = RunSpec.from_dict(student_run(config, "mnist1d", "mlp64", "scratch", 1))
+    assert kd.method_type == "kd" and kd.options == {"temperature": 4.0, "alpha": 0.9}
+    assert (kd.seed, kd.split, kd.train, kd.model) == (scratch.seed, scratch.split, scratch.train, scratch.model)
+    assert kd.teacher_dir == scratch.teacher_dir
+    t = RunSpec.from_dict(teacher_run(config, "mnist1d"))
+    assert t.role == "teacher" and t.seed == config["teacher"]["seed"] and t.teacher_dir is None
+    with pytest.raises(ConfigError, match="unknown keys"):
+        RunSpec.from_dict({**student_run(config, "mnist1d", "mlp64", "kd", 1), "extra": 1})
+
+
+def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path, smoke_config):
+    smoke_config["methods"]["kd"]["tempreature"] = 2.0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(smoke_config))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(path), "--directory", str(tmp_path),
+         "-s", os.path.join(ROOT, "workflow", "Snakefile")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "methods/kd/tempreature" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
