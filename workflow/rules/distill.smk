@@ -1,0 +1,34 @@
+RUN = f"{R}/runs/{{dataset}}/{{student}}/{{method}}/seed{{seed}}"
+
+
+rule student_run_config:
+    output:
+        f"{RUN}/run.json",
+    params:
+        run=lambda wc: student_run(cfg, wc.dataset, wc.student, wc.method, int(wc.seed)),
+    log:
+        f"{R}/logs/run_config/runs/{{dataset}}/{{student}}/{{method}}/seed{{seed}}.log",
+    localrule: True
+    run:
+        from ev3.io import write_json
+
+        write_json(output[0], params.run)
+
+
+rule train_student:
+    input:
+        run=f"{RUN}/run.json",
+        data=f"{R}/data/{{dataset}}",
+        teacher=f"{TEACHER}/checkpoint",
+    output:
+        metrics=f"{RUN}/metrics.json",
+        predictions=f"{RUN}/predictions.npz",
+    log:
+        f"{R}/logs/runs/{{dataset}}/{{student}}/{{method}}/seed{{seed}}.log",
+    threads: cfg["threads"]
+    resources:
+        **GPU,
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m ev3 train {input.run} --out $(dirname {output.metrics}) --threads {threads} > {log} 2>&1"

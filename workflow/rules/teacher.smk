@@ -1,0 +1,34 @@
+TEACHER = f"{R}/teacher/{{dataset}}/{cfg['teacher']['model']}/seed{cfg['teacher']['seed']}"
+
+
+rule teacher_run_config:
+    output:
+        f"{TEACHER}/run.json",
+    params:
+        run=lambda wc: teacher_run(cfg, wc.dataset),
+    log:
+        f"{R}/logs/run_config/teacher/{{dataset}}.log",
+    localrule: True
+    run:
+        from ev3.io import write_json
+
+        write_json(output[0], params.run)
+
+
+rule train_teacher:
+    input:
+        run=f"{TEACHER}/run.json",
+        data=f"{R}/data/{{dataset}}",
+    output:
+        metrics=f"{TEACHER}/metrics.json",
+        predictions=f"{TEACHER}/predictions.npz",
+        checkpoint=directory(f"{TEACHER}/checkpoint"),
+    log:
+        f"{R}/logs/teacher/{{dataset}}.log",
+    threads: cfg["threads"]
+    resources:
+        **GPU,
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m ev3 train {input.run} --out $(dirname {output.metrics}) --threads {threads} > {log} 2>&1"
