@@ -27,10 +27,17 @@ class Network(NamedTuple):
 
 
 def build(model_config: dict, input_shape: tuple[int, ...], num_classes: int, key: jax.Array) -> Network:
-    """Initialize the model named by ``model_config["type"]`` (other keys are its constructor options)."""
+    """Initialize the model named by ``model_config["type"]`` (other keys are its constructor options).
+
+    The initialization runs as one compiled function (eager flax init would compile every op separately)."""
     options = {k: v for k, v in model_config.items() if k != "type"}
-    module = MODEL_TYPES[model_config["type"]](tuple(input_shape), num_classes, **options, rngs=nnx.Rngs(params=key))
-    return Network(*nnx.split(module, nnx.Param, ...))
+
+    def module(key):
+        return MODEL_TYPES[model_config["type"]](tuple(input_shape), num_classes, **options, rngs=nnx.Rngs(params=key))
+
+    graphdef = nnx.split(nnx.eval_shape(lambda: module(key)), nnx.Param, ...)[0]
+    params, rest = jax.jit(lambda k: nnx.split(module(k), nnx.Param, ...)[1:])(key)
+    return Network(graphdef, params, rest)
 
 
 def apply(graphdef, params, rest, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, Any]:

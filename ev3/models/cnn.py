@@ -1,5 +1,7 @@
 """Small CNN: ``len(channels)`` × (Conv(kernel, stride, SAME) → ReLU) → flatten → Linear(num_classes).
 
+``stride`` is one int for every layer or a list with one per layer (growth appends stride-1 layers).
+
 The convolution rank follows the input: a (L,) signal (mnist1d) is treated as (L, 1) and gets 1-D
 convolutions; an (H, W, C) image (digits) gets 2-D convolutions. Channels-last throughout.
 """
@@ -24,7 +26,7 @@ class CNN(nnx.Module):
         *,
         channels: list[int],
         kernel_size: int,
-        stride: int,
+        stride: int | list[int],
         rngs: nnx.Rngs,
     ):
         shape = _conv_input_shape(input_shape)
@@ -33,11 +35,12 @@ class CNN(nnx.Module):
         in_ch = shape[-1]
         convs = []
         size = list(shape[:-1])
-        for out_ch in channels:
+        strides = stride if isinstance(stride, list) else [stride] * len(channels)
+        for out_ch, st in zip(channels, strides, strict=True):
             convs.append(
-                nnx.Conv(in_ch, out_ch, (kernel_size,) * spatial, strides=(stride,) * spatial, padding="SAME", rngs=rngs)
+                nnx.Conv(in_ch, out_ch, (kernel_size,) * spatial, strides=(st,) * spatial, padding="SAME", rngs=rngs)
             )
-            size = [math.ceil(s / stride) for s in size]
+            size = [math.ceil(s / st) for s in size]
             in_ch = out_ch
         self.convs = nnx.List(convs)
         self.head = nnx.Linear(math.prod(size) * in_ch, num_classes, rngs=rngs)

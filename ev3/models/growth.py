@@ -1,0 +1,58 @@
+"""Function-preserving growth of a student (EV3's "grow when progress stalls").
+
+Both rules insert one *identity-initialized* layer right after the last hidden ReLU, so the grown network
+computes exactly the same function: for post-ReLU activations ``h ≥ 0``, ``relu(I·h + 0) = h``.
+
+- MLP: a new ``width × width`` Linear with kernel ``I`` and bias 0 before the head (depth + 1).
+- CNN: a new stride-1 convolution with the last channel count whose kernel is the identity at the centre tap
+  (zero elsewhere) and bias 0, appended after the last convolution.
+
+Parameters of existing layers are copied; the new layer's parameters are the only new ones.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ev3 import models
+
+
+def grown_config(model_config: dict) -> dict:
+    """The architecture after one growth step (as a model config)."""
+    c = dict(model_config)
+    if c["type"] == "mlp":
+        c["depth"] += 1
+    elif c["type"] == "cnn":
+        strides = c["stride"] if isinstance(c["stride"], list) else [c["stride"]] * len(c["channels"])
+        c["channels"], c["stride"] = [*c["channels"], c["channels"][-1]], [*strides, 1]
+    else:
+        raise ValueError(f"no growth rule for model type {c['type']!r}")
+    return c
+
+
+def size(model_config: dict) -> int:
+    """Number of hidden layers (MLP) or convolutions (CNN): what growth increments."""
+    return model_config["depth"] if model_config["type"] == "mlp" else len(model_config["channels"])
+
+
+def grow(model_config: dict, network: models.Network, input_shape, num_classes: int) -> tuple[dict, models.Network]:
+    """(grown config, grown network computing the same function as ``network``)."""
+    new_config = grown_config(model_config)
+    old = nnx.merge(network.graphdef, network.params, network.rest)
+    new = nnx.merge(*models.build(new_config, input_shape, num_classes, jax.random.key(0)))
+    layers_old, layers_new = (old.hidden, new.hidden) if model_config["type"] == "mlp" else (old.convs, new.convs)
+    for a, b in zip(layers_old, layers_new):
+        b.kernel.value, b.bias.value = a.kernel.value, a.bias.value
+    added = layers_new[len(layers_old)]
+    k = added.kernel.value  # (..spatial.., c, c)
+    eye = jnp.eye(k.shape[-1], dtype=k.dtype)
+    if k.ndim == 2:
+        added.kernel.value = eye
+    else:
+        centre = tuple(s // 2 for s in k.shape[:-2])
+        added.kernel.value = jnp.zeros_like(k).at[centre].set(eye)
+    added.bias.value = jnp.zeros_like(added.bias.value)
+    new.head.kernel.value, new.head.bias.value = old.head.kernel.value, old.head.bias.value
+    return new_config, models.Network(*nnx.split(new, nnx.Param, ...))
