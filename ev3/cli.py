@@ -1,9 +1,12 @@
 """``python -m ev3 <command>``: what the workflow rules call; also usable without Snakemake.
 
-Commands: ``prepare-data NAME --data-dir DIR``; ``train RUN_JSON --out DIR [--threads N]``;
+Commands: ``prepare-data NAME --data-dir DIR``; ``train RUN_JSON --out DIR [--state-dir DIR] [--threads N]``;
 ``resolve CONFIG --dataset D --student S --method M --seed K --out RUN_JSON`` (or ``--teacher``);
 ``aggregate RESULTS_ROOT``; ``validate CONFIG``.
-``--threads`` limits XLA's CPU threads; it is applied before JAX is imported.
+``--threads`` limits XLA's CPU threads; it is applied before JAX is imported. ``--state-dir`` holds the run's
+resume state: an interrupted run rerun with the same command resumes from its last checkpoint there.
+Errors in the user's input (config, missing files, teacher or dataset, divergence) print one ``error:`` line
+and exit with status 1.
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ def limit_threads(threads: int) -> None:
     os.environ["XLA_FLAGS"] = flags.strip()
 
 
+def _user_error(e: Exception) -> bool:
+    """Errors reported as one line: bad config or input files, a missing dataset or teacher, divergence."""
+    from ev3.config import ConfigError
+
+    kinds = (ConfigError, FileNotFoundError, FloatingPointError, ValueError)
+    data = sys.modules.get("ev3.data")  # a DatasetMissingError can only come from an imported ev3.data
+    return isinstance(e, kinds + ((data.DatasetMissingError,) if data else ()))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ev3", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -32,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("run_json")
     train.add_argument("--out", required=True)
     train.add_argument("--threads", type=int, default=0, help="XLA CPU threads (0: XLA's default)")
+    train.add_argument("--state-dir", default=None, help="checkpoint here and resume from here (removed when done)")
     agg = sub.add_parser("aggregate", help="metrics.json files → tables and figures")
     agg.add_argument("root", help="results/<benchmark>")
     val = sub.add_parser("validate", help="validate a benchmark config file")
@@ -44,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train" and args.threads:
         limit_threads(args.threads)
 
-    from ev3.config import ConfigError
-
     try:
         if args.command == "prepare-data":
             from ev3.data import prepare
@@ -56,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             from ev3.config import RunSpec
             from ev3.run import run
 
-            run(RunSpec.from_dict(io.read_json(args.run_json)), args.out)
+            run(RunSpec.from_dict(io.read_json(args.run_json)), args.out, state_dir=args.state_dir)
         elif args.command == "aggregate":
             from ev3.report.aggregate import aggregate
 
@@ -69,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.config) as f:
                 validate(yaml.safe_load(f))
             print(f"{args.config}: ok")
-    except (ConfigError, FileNotFoundError, FloatingPointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:
+        if not _user_error(e):
+            raise
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        print(f"error: {'; '.join(lines) or type(e).__name__}", file=sys.stderr)
         return 1
     return 0

@@ -54,6 +54,13 @@ def validate(config: dict) -> dict:
             raise ConfigError(f"students/{i}: unknown model {name!r}; defined models: {sorted(config['models'])}")
     if config["teacher"]["model"] not in config["models"]:
         raise ConfigError(f"teacher/model: unknown model {config['teacher']['model']!r}; defined models: {sorted(config['models'])}")
+    for prefix, train in (("train", config["train"]), ("teacher/train", config["teacher"]["train"])):
+        every = train.get("checkpoint_every")
+        if every is not None and every % train["eval_every"]:
+            raise ConfigError(
+                f"{prefix}/checkpoint_every: {every} is not a multiple of {prefix}/eval_every ({train['eval_every']}); "
+                "checkpoints are taken at evaluations"
+            )
     return config
 
 

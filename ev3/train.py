@@ -10,15 +10,25 @@ Conventions
 - The Python loop calls one ahead-of-time compiled step per iteration (conv training inside ``lax.scan`` is
   much slower on CPU); the loss is summed on device and fetched only at evaluations.
 - FLOPs: XLA's ``cost_analysis()`` of each compiled call × its number of calls. ``flops_teacher`` = teacher
-  forward cost on a batch × teacher forwards; ``flops_student`` = the rest of the training steps;
-  ``flops_selection`` = evaluations on ``val``. Test-set evaluations are reporting only and not counted.
+  forward cost on a batch × (teacher forwards + 2 × teacher backwards; a backward pass is counted as two
+  forwards); ``flops_student`` = the rest of the training steps; ``flops_selection`` = evaluations on ``val``.
+  Test-set evaluations are reporting only and not counted.
+- Tracking: a method may define ``track(state, data, counter, initial_teacher) -> dict``; it is called at every evaluation
+  and the entries (with ``student_steps``) are returned as ``FitResult.tracked`` (e.g. MetaDistil's teacher).
 - Selection: the state with the best ``val`` accuracy (earliest on ties) is the reported model.
+- Resume: with ``state_dir``, the loop checkpoints (``ev3.checkpoint.ResumeStore``, orbax) at evaluations every
+  ``train.checkpoint_every`` steps (default: every evaluation) and at the end: the method state, the selected
+  state, the step and the loop's bookkeeping (history, tracking, best val accuracy/step, selection FLOPs,
+  timings). Batch order and step keys are functions of the step index, so a resumed run is bit-identical to
+  an uninterrupted one; an unusable checkpoint falls back to the previous one, or to a fresh start.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import jax
@@ -44,9 +54,9 @@ class Counter:
     cache: dict = field(default_factory=dict)
 
     def compile(self, name: str, fn, *args, donate_argnums=()):
-        """Compile ``fn`` for ``args``' shapes once per (name, shapes); returns (compiled, flops per call)."""
+        """Compile ``fn`` for ``args``' shapes once per (name, fn, shapes); returns (compiled, flops per call)."""
         shapes = tuple((a.shape, a.dtype) if hasattr(a, "shape") else type(a) for a in jax.tree.leaves(args))
-        key = (name, jax.tree.structure(args), shapes)
+        key = (name, fn, jax.tree.structure(args), shapes)
         if key not in self.cache:
             t0 = time.perf_counter()
             compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
@@ -54,6 +64,16 @@ class Counter:
             self.compiles += 1
             self.cache[key] = (compiled, flops_of(compiled))
         return self.cache[key]
+
+
+def compiled_names(counter: Counter) -> set[str]:
+    """Process-independent names of the calls ``counter`` compiled (to count compiles across a resume)."""
+    names = set()
+    for name, fn, treedef, shapes in counter.cache:
+        fn_name = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+        signature = re.sub(r" at 0x[0-9a-f]+", "", f"{treedef}|{shapes}")  # no object addresses
+        names.add(f"{name}|{fn_name}|{zlib.crc32(signature.encode()):08x}")
+    return names
 
 
 def flops_of(compiled) -> float:
@@ -79,6 +99,11 @@ def predict(counter: Counter, evaluate, state, x: jax.Array) -> tuple[jax.Array,
     return jnp.concatenate(pieces), flops
 
 
+def frozen_logits(model, x: jax.Array) -> jax.Array:
+    """Logits of a frozen model (``ev3.methods.common.Frozen``); a named function so it compiles once."""
+    return model(x)
+
+
 def accuracy(logits, labels) -> float:
     return float(jnp.mean(jnp.argmax(logits, -1) == labels))
 
@@ -95,16 +120,22 @@ class FitResult:
     val_accuracy: float
     history: list
     compute: dict
+    tracked: list = field(default_factory=list)
 
 
-def fit(method, spec, data, teacher, *, log=print) -> FitResult:
-    """Train ``method`` (a module from ``ev3.methods``) per ``spec`` on ``data`` and select on ``val``."""
+def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None) -> FitResult:
+    """Train ``method`` (a module from ``ev3.methods``) per ``spec`` on ``data`` and select on ``val``.
+
+    ``state_dir``: checkpoint there and resume from the newest usable checkpoint found there (see Resume)."""
+    if hasattr(method, "fit"):  # host-driven methods (EV3) run their own loop with the same conventions
+        return method.fit(spec, data, teacher, log=log, state_dir=state_dir)
     t_start = time.perf_counter()
     key = seed_key(spec.seed)
     init_key = stream(key, "student_init" if spec.role == "student" else "teacher_init")
     order_key, step_key = stream(key, "batch_order"), stream(key, "step")
-    teacher = jax.tree.map(jnp.copy, teacher)  # the step donates its state; keep the caller's teacher alive
-    state = method.init(spec, data, teacher, init_key)
+    # The step donates its state: copy it once, so arrays the state shares with the caller (the teacher,
+    # data splits) stay alive.
+    state = jax.tree.map(jnp.copy, method.init(spec, data, teacher, init_key))
 
     x_all, y_all = data.splits["train"]
     x_val, y_val = data.splits["val"]
@@ -130,17 +161,32 @@ def fit(method, spec, data, teacher, *, log=print) -> FitResult:
     perm_c, _ = counter.compile("permutation", permutation, i32(0))
     finite_c, _ = counter.compile("all_finite", _all_finite, state)
     teacher_fwd_flops = 0.0
-    if teacher is not None and method.TEACHER_FORWARDS_PER_STEP:
-        _, teacher_fwd_flops = counter.compile("teacher_forward", lambda t, x: t(x), teacher, x_all[:batch_size])
+    if teacher is not None and (method.TEACHER_FORWARDS_PER_STEP or method.TEACHER_BACKWARDS_PER_STEP):
+        _, teacher_fwd_flops = counter.compile("teacher_forward", frozen_logits, teacher, x_all[:batch_size])
 
-    history, selection_flops = [], 0.0
+    history, tracked, selection_flops = [], [], 0.0
     best = None  # (val_accuracy, step, state copy)
     loss_sum, since_eval, train_s = zero, 0, 0.0
     perm = None
+    start, store, resumed = 0, None, {}
+    if state_dir is not None:
+        from ev3.checkpoint import ResumeStore, fingerprint
+
+        checkpoint_every = spec.train.get("checkpoint_every", eval_every)
+        identity = {**vars(spec), "train": {k: v for k, v in spec.train.items() if k != "checkpoint_every"}}
+        store = ResumeStore(state_dir, fingerprint(identity, teacher), log=log)
+        restored = store.restore({"state": state, "best": state})
+        if restored is not None:
+            start, trees, resumed = restored
+            state, history, tracked = trees["state"], resumed["history"], resumed["tracked"]
+            best = (resumed["best_val_accuracy"], resumed["best_step"], trees["best"])
+            selection_flops, train_s = resumed["selection_flops"], resumed["train_s"]
+            t_start -= resumed["wall_s"]  # the wall time before the interruption counts too
+            log(f"[{spec.method} seed{spec.seed}] resumed from step {start} ({state_dir})")
     t_loop = time.perf_counter()
-    for i in range(steps):
+    for i in range(start, steps):
         epoch, j = divmod(i, per_epoch)
-        if j == 0:
+        if j == 0 or perm is None:
             perm = perm_c(i32(epoch))
         state, loss_sum = step_c(state, loss_sum, perm, i32(j), i32(i))
         since_eval += 1
@@ -170,17 +216,37 @@ def fit(method, spec, data, teacher, *, log=print) -> FitResult:
             log(f"[{spec.method} seed{spec.seed}] step {done}/{steps} loss {train_loss:.4f} val {val_acc:.4f}")
             if best is None or val_acc > best[0]:
                 best = (val_acc, done, jax.tree.map(jnp.copy, state))
+            if hasattr(method, "track"):
+                tracked.append({"student_steps": done, **method.track(state, data, counter, teacher)})
             loss_sum, since_eval = zero, 0
+            if store is not None and (done % checkpoint_every == 0 or done == steps):
+                meta = {
+                    "history": history,
+                    "tracked": tracked,
+                    "best_val_accuracy": best[0],
+                    "best_step": best[1],
+                    "selection_flops": selection_flops,
+                    "train_s": train_s,
+                    "wall_s": time.perf_counter() - t_start,
+                    "compile_s": resumed.get("compile_s", 0.0) + counter.compile_s,
+                    "compiled": sorted(set(resumed.get("compiled", [])) | compiled_names(counter)),
+                }
+                store.save(done, {"state": state, "best": best[2]}, meta)
             t_loop = time.perf_counter()
+    if store is not None:  # a resumed run reports the compiles and compile time of both processes
+        store.close()
+        counter.compile_s += resumed.get("compile_s", 0.0)
+        counter.compiles = len(set(resumed.get("compiled", [])) | compiled_names(counter))
 
     teacher_forwards = steps * method.TEACHER_FORWARDS_PER_STEP
-    flops_teacher = teacher_fwd_flops * teacher_forwards
+    teacher_backwards = steps * method.TEACHER_BACKWARDS_PER_STEP
+    flops_teacher = teacher_fwd_flops * (teacher_forwards + 2 * teacher_backwards)
     flops_student = step_flops * steps - flops_teacher
     memory = jax.devices()[0].memory_stats() or {}
     compute = {
         "student_steps": steps,
         "teacher_forwards": teacher_forwards,
-        "teacher_backwards": steps * method.TEACHER_BACKWARDS_PER_STEP,
+        "teacher_backwards": teacher_backwards,
         "flops_student": flops_student,
         "flops_teacher": flops_teacher,
         "flops_selection": selection_flops,
@@ -191,7 +257,7 @@ def fit(method, spec, data, teacher, *, log=print) -> FitResult:
         "steps_per_s": steps / train_s if train_s > 0 else None,
         "peak_memory_bytes": memory.get("peak_bytes_in_use"),
     }
-    return FitResult(best[2], state, best[0], history, compute)
+    return FitResult(best[2], state, best[0], history, compute, tracked)
 
 
 def test_report(method, result: FitResult, data, teacher_test_logits) -> tuple[dict, dict]:

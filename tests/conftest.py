@@ -24,3 +24,24 @@ def smoke_config():
 
     with open(os.path.join(os.path.dirname(__file__), "..", "config", "smoke.yaml")) as f:
         return yaml.safe_load(f)
+
+
+# Network guard: no test reaches the network. Installed here for the pytest process and, through PYTHONPATH
+# (tests/guard/sitecustomize.py), in every Python subprocess the tests start: python -m ev3, snakemake, its jobs.
+def _install_network_guard():
+    import importlib.util
+    import sys
+
+    guard_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guard")
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if guard_dir not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([guard_dir, *paths])
+    if "ev3_test_netguard" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("ev3_test_netguard", os.path.join(guard_dir, "ev3_test_netguard.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["ev3_test_netguard"] = module
+        spec.loader.exec_module(module)
+    sys.modules["ev3_test_netguard"].install()
+
+
+_install_network_guard()

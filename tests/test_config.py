@@ -46,6 +46,10 @@ BAD = [
     (("split", "val"), 1.5, "split/val"),
     (("teacher", "train", "batch_size"), 0, "teacher/train/batch_size"),
     (("benchmark",), DELETE, "benchmark"),
+    (("train", "checkpoint_every"), 30, "train/checkpoint_every"),  # not a multiple of eval_every (50)
+    (("train", "checkpoint_every"), 0, "train/checkpoint_every"),
+    (("train", "checkpoint_every"), "often", "train/checkpoint_every"),
+    (("teacher", "train", "checkpoint_every"), 300, "teacher/train/checkpoint_every"),  # eval_every is 200
 ]
 
 
@@ -61,6 +65,14 @@ def test_bad_config_names_the_key(smoke_config, path, value, key):
     with pytest.raises(ConfigError) as e:
         validate(bad)
     assert str(e.value).startswith(f"{key}:"), str(e.value)
+
+
+def test_checkpoint_every_is_optional_and_a_multiple_of_eval_every(smoke_config):
+    smoke_config["train"]["checkpoint_every"] = 100
+    smoke_config["teacher"]["train"]["checkpoint_every"] = 200
+    assert validate(smoke_config)["train"]["checkpoint_every"] == 100
+    with pytest.raises(ConfigError, match=r"^train/checkpoint_every: 30 is not a multiple of train/eval_every \(50\)"):
+        validate(_set(smoke_config, ("train", "checkpoint_every"), 30))
 
 
 def test_validate_does_not_modify_its_input(smoke_config):

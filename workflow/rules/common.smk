@@ -1,4 +1,6 @@
 # Path helpers only: which runs exist and where their files live.
+import os
+
 from ev3.config import student_run, student_runs, teacher_run
 
 
@@ -7,6 +9,13 @@ def student_metrics(wildcards=None):
         f"{R}/runs/{r['dataset']}/{r['student']}/{r['method']}/seed{r['seed']}/metrics.json"
         for r in student_runs(cfg)
     ]
+
+
+def state_dir(run_dir, wildcards):
+    """Resume state of a training run: results/<benchmark>/state/<run path relative to results/<benchmark>>.
+    Not a declared output, so it survives an interrupted job (the rerun resumes from it); the job removes it
+    once its outputs are complete."""
+    return os.path.join(R, "state", os.path.relpath(run_dir, R)).format(**wildcards)
 
 
 wildcard_constraints:

@@ -23,6 +23,8 @@ rule train_student:
     output:
         metrics=f"{RUN}/metrics.json",
         predictions=f"{RUN}/predictions.npz",
+    params:
+        state=lambda wc: state_dir(RUN, wc),
     log:
         f"{R}/logs/runs/{{dataset}}/{{student}}/{{method}}/seed{{seed}}.log",
     threads: cfg["threads"]
@@ -31,4 +33,5 @@ rule train_student:
     conda:
         "../../environment.yml"
     shell:
-        "python -m ev3 train {input.run} --out $(dirname {output.metrics}) --threads {threads} > {log} 2>&1"
+        "python -m ev3 train {input.run} --out $(dirname {output.metrics}) --state-dir {params.state}"
+        + " --threads {threads} > {log} 2>&1"

@@ -23,6 +23,8 @@ rule train_teacher:
         metrics=f"{TEACHER}/metrics.json",
         predictions=f"{TEACHER}/predictions.npz",
         checkpoint=directory(f"{TEACHER}/checkpoint"),
+    params:
+        state=lambda wc: state_dir(TEACHER, wc),
     log:
         f"{R}/logs/teacher/{{dataset}}.log",
     threads: cfg["threads"]
@@ -31,4 +33,5 @@ rule train_teacher:
     conda:
         "../../environment.yml"
     shell:
-        "python -m ev3 train {input.run} --out $(dirname {output.metrics}) --threads {threads} > {log} 2>&1"
+        "python -m ev3 train {input.run} --out $(dirname {output.metrics}) --state-dir {params.state}"
+        + " --threads {threads} > {log} 2>&1"

@@ -1,0 +1,399 @@
+"""Reliability, proven by injected faults: kill -9 and resume (CLI and Snakemake), corrupt or incomplete
+checkpoints, determinism, bad input, NaN/Inf, and the network guard the whole suite runs under."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pandas as pd
+import pytest
+import yaml
+
+from ev3 import methods
+from ev3.checkpoint import ResumeStore
+from ev3.config import RunSpec, student_run, teacher_run, validate
+from ev3.data import load
+from ev3.run import run
+from ev3.train import fit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SNAKEFILE = os.path.join(ROOT, "workflow", "Snakefile")
+TIMING = ("wall_s", "compile_s", "steps_per_s")
+
+
+def without_timing(metrics: dict) -> dict:
+    """metrics.json minus the fields that measure time (compute wall/compile/steps per s, history wall)."""
+    m = json.loads(json.dumps(metrics))
+    for k in TIMING:
+        m["compute"].pop(k)
+    for h in m["history"]:
+        h.pop("wall_s")
+    return m
+
+
+def committed_steps(state_dir) -> list[int]:
+    """Steps with a committed checkpoint (orbax renames its temporary directory on commit)."""
+    names = os.listdir(state_dir) if os.path.isdir(state_dir) else []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def assert_same_arrays(a: dict, b: dict):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def assert_same_trees(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb) > 0
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def teacher_spec_dict(config, data_dir, **train):
+    """A teacher run of the small MLP (fast to compile and step) with ``train`` overrides."""
+    config["teacher"]["model"] = "mlp64"
+    config["teacher"]["train"].update(train)
+    d = teacher_run(validate(config), "mnist1d")
+    d["data_dir"] = data_dir
+    return d
+
+
+def cli_train(run_json, out, state, **popen):
+    cmd = [sys.executable, "-m", "ev3", "train", str(run_json), "--out", str(out), "--state-dir", str(state), "--threads", "1"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+# --- 1. kill -9 of `python -m ev3 train`, rerun of the same command ------------------------------------------------
+
+
+def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path, smoke_config, data_dir):
+    steps, every = 1400, 280  # 3200 training examples / batch 128 = 25 steps per epoch: resumes mid-epoch
+    run_json = tmp_path / "run.json"
+    run_json.write_text(json.dumps(teacher_spec_dict(smoke_config, data_dir, steps=steps, eval_every=70, checkpoint_every=every)))
+    ref_out, ref_state = tmp_path / "ref", tmp_path / "state_ref"
+    out, state = tmp_path / "out", tmp_path / "state"
+
+    reference = cli_train(run_json, ref_out, ref_state)  # uninterrupted, side by side
+    victim = cli_train(run_json, out, state, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not [s for s in committed_steps(state) if s >= 2 * every]:  # after the selected step (val peaks ~490)
+        assert victim.poll() is None, f"finished before a checkpoint existed:\n{victim.stdout.read()}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL
+    assert not (out / "metrics.json").exists()
+    at_kill = committed_steps(state)
+    assert at_kill and at_kill[-1] < steps
+
+    rerun = cli_train(run_json, out, state)
+    log, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, log
+    resumed = [int(line.split("resumed from step ")[1].split()[0]) for line in log.splitlines() if "resumed from step " in line]
+    assert len(resumed) == 1 and resumed[0] >= at_kill[-1] and 0 < resumed[0] < steps and resumed[0] % every == 0, log
+    ref_log, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, ref_log
+    assert "resumed" not in ref_log
+
+    a, b = json.loads((ref_out / "metrics.json").read_text()), json.loads((out / "metrics.json").read_text())
+    assert [h["student_steps"] for h in b["history"]] == list(range(70, steps + 1, 70))
+    assert without_timing(a) == without_timing(b)
+    assert_same_arrays(dict(np.load(ref_out / "predictions.npz")), dict(np.load(out / "predictions.npz")))
+    with ocp.StandardCheckpointer() as ckptr:
+        assert_same_trees(ckptr.restore(str(ref_out / "checkpoint")), ckptr.restore(str(out / "checkpoint")))
+    assert not state.exists() and not ref_state.exists()  # removed once the outputs are complete
+
+
+# --- 2. kill -9 of a Snakemake DAG, `--rerun-incomplete` ---------------------------------------------------------------
+
+
+def snakemake(workdir, log, *args, **popen):
+    """Snakemake on ``workdir/config.yaml`` in the background, its output to ``workdir/log``."""
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    cmd = [sys.executable, "-m", "snakemake", "-s", SNAKEFILE, "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), *args]
+    with open(workdir / log, "w") as f:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env, **popen)
+
+
+@pytest.mark.slow
+def test_killed_dag_completes_with_rerun_incomplete(tmp_path, smoke_config):
+    config = smoke_config
+    config["benchmark"] = "resume"
+    config["methods"] = {"scratch": {"type": "scratch"}, "kd": {"type": "kd", "temperature": 4.0, "alpha": 0.9}}
+    config["teacher"]["model"] = "mlp64"
+    config["teacher"]["train"].update(steps=200, eval_every=100)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    root = tmp_path / "results" / "resume"
+    runs = [f"mnist1d/mlp64/{m}/seed{s}" for m in ("scratch", "kd") for s in (0, 1, 2)]
+
+    def finished():
+        return [r for r in runs if (root / "runs" / r / "metrics.json").exists()]
+
+    def checkpointed():  # runs mid-way: a committed checkpoint and no metrics yet
+        return [r for r in runs if committed_steps(root / "state" / "runs" / r) and r not in finished()]
+
+    first = snakemake(tmp_path, "first.log", "--cores", "1", start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (finished() and checkpointed()):
+        assert first.poll() is None, "the DAG ended before it could be interrupted:\n" + (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the DAG made no progress"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # Snakemake and its running job
+    first.wait()
+    interrupted = checkpointed()
+    assert interrupted and 0 < len(finished()) < len(runs)
+
+    unlock = snakemake(tmp_path, "unlock.log", "--unlock")  # a SIGKILLed Snakemake leaves its lock; --unlock is its remedy
+    assert unlock.wait(timeout=120) == 0, (tmp_path / "unlock.log").read_text()
+    second = snakemake(tmp_path, "second.log", "--cores", "1", "--rerun-incomplete")
+    assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-5000:]
+
+    for r in interrupted:
+        job_log = (root / "logs" / "runs" / f"{r}.log").read_text()
+        assert "resumed from step" in job_log, job_log[-3000:]
+    summary = pd.read_csv(root / "tables" / "summary.csv")
+    assert sorted(zip(summary["dataset"], summary["student"], summary["method"])) == [
+        ("mnist1d", "mlp64", "kd"),
+        ("mnist1d", "mlp64", "scratch"),
+    ]
+    assert (summary["n_seeds"] == 3).all()
+    assert sorted(finished()) == sorted(runs)
+    for path in glob.glob(str(root / "runs" / "*" / "*" / "*" / "seed*" / "metrics.json")):
+        assert len(json.load(open(path))["history"]) == 4
+    assert not [d for d in glob.glob(str(root / "state" / "**" / "*"), recursive=True) if os.path.basename(d).isdigit()]
+
+
+# --- 3. corrupt, truncated or incomplete checkpoints -----------------------------------------------------------------
+
+
+class Interrupt(Exception):
+    pass
+
+
+TEACHER = methods.get("teacher")
+
+
+@pytest.fixture(scope="module")
+def mnist1d(data_dir):
+    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory, data_dir, mnist1d):
+    """An uninterrupted 700-step run of the MLP (adam, lr 0.01: val accuracy peaks at step 490, then it
+    overfits) and the state directory of the same run interrupted at step 700, before its last checkpoint.
+    The checkpoints left, 560 and 630, are mid-epoch (25 steps per epoch) and after the selected step."""
+    with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
+        config = yaml.safe_load(f)
+    spec = RunSpec.from_dict(teacher_spec_dict(config, data_dir, steps=700, eval_every=70))
+    reference = fit(TEACHER, spec, mnist1d, None, log=lambda s: None)
+
+    def interrupt(line):
+        if "step 700/" in line:
+            raise Interrupt  # after the evaluation, before its checkpoint: like a kill at step 700
+
+    state = tmp_path_factory.mktemp("interrupted") / "state"
+    with pytest.raises(Interrupt):
+        fit(TEACHER, spec, mnist1d, None, log=interrupt, state_dir=str(state))
+    assert committed_steps(state) == [560, 630]
+    return spec, reference, state
+
+
+def assert_same_fit(result, reference):
+    assert_same_trees(result.final_state, reference.final_state)
+    assert_same_trees(result.selected_state, reference.selected_state)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "wall_s"} for e in h]  # noqa: E731
+    assert strip(result.history) == strip(reference.history)
+    drop = lambda c: {k: v for k, v in c.items() if k not in TIMING}  # noqa: E731
+    assert drop(result.compute) == drop(reference.compute)  # compiles included: a resume counts both processes'
+
+
+def largest_file(step_dir):
+    files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs]
+    return max(files, key=os.path.getsize)
+
+
+def truncate(step_dir):
+    path = largest_file(step_dir)
+    os.truncate(path, os.path.getsize(path) // 2)
+
+
+def flip_bytes(step_dir):
+    path = largest_file(step_dir)
+    data = bytearray(open(path, "rb").read())
+    for i in range(len(data) // 3, len(data) // 3 + 16):
+        data[i] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+FAULTS = {
+    # fault: (damage(state_dir), step resumed from or None for a fresh start, expected log fragment)
+    "none": (lambda s: None, 630, None),
+    "truncated-data-file": (lambda s: truncate(s / "630"), 560, "checkpoint at step 630"),
+    "deleted-metadata-file": (lambda s: os.remove(s / "630" / "meta" / "metadata"), 560, "checkpoint at step 630"),
+    "uncommitted-step-dir": (lambda s: os.rename(s / "630", s / "630.orbax-checkpoint-tmp"), 560, None),
+    "both-corrupt": (lambda s: (flip_bytes(s / "630"), truncate(s / "560")), None, "starting from scratch"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_resume_falls_back_from_unusable_checkpoints_and_the_result_is_unchanged(fault, interrupted_run, mnist1d, tmp_path):
+    spec, reference, interrupted = interrupted_run
+    damage, resumed_from, message = FAULTS[fault]
+    selected = min(h["student_steps"] for h in reference.history if h["val_accuracy"] == reference.val_accuracy)
+    assert selected < 560, "the scenario must select a state before the resume point"
+    state = tmp_path / "state"
+    shutil.copytree(interrupted, state)
+    damage(state)
+    logs = []
+    result = fit(TEACHER, spec, mnist1d, None, log=logs.append, state_dir=str(state))
+    text = "\n".join(logs)
+    if message:
+        assert message in text, text
+    if resumed_from is None:
+        assert "resumed" not in text, text
+    else:
+        assert f"resumed from step {resumed_from} " in text, text
+    assert_same_fit(result, reference)
+    assert committed_steps(state) == [630, 700]  # the bad ones were replaced
+
+
+def test_a_run_killed_after_its_last_checkpoint_resumes_at_the_end(interrupted_run, mnist1d, tmp_path):
+    """Killed while writing its outputs: the rerun restores the final checkpoint, trains nothing, reports the same."""
+    spec, reference, interrupted = interrupted_run
+    state = tmp_path / "state"
+    shutil.copytree(interrupted, state)
+    fit(TEACHER, spec, mnist1d, None, log=lambda s: None, state_dir=str(state))
+    logs = []
+    result = fit(TEACHER, spec, mnist1d, None, log=logs.append, state_dir=str(state))
+    assert logs == [f"[teacher seed0] resumed from step 700 ({state})"]
+    assert_same_fit(result, reference)
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(interrupted_run, mnist1d, tmp_path):
+    spec, _, interrupted = interrupted_run
+    state = tmp_path / "state"
+    shutil.copytree(interrupted, state)
+    other = RunSpec.from_dict({**vars(spec), "train": {**spec.train, "steps": 140}})
+    logs = []
+    fit(TEACHER, other, mnist1d, None, log=logs.append, state_dir=str(state))
+    text = "\n".join(logs)
+    assert "different run config" in text and "starting from scratch" in text and "resumed" not in text, text
+
+
+# --- determinism -------------------------------------------------------------------------------------------------------
+
+
+def test_same_config_and_seed_give_identical_outputs_with_or_without_checkpoints(tmp_path, smoke_config, data_dir):
+    spec = RunSpec.from_dict(teacher_spec_dict(smoke_config, data_dir, steps=120, eval_every=40))
+    run(spec, str(tmp_path / "a"), log=lambda s: None)
+    run(spec, str(tmp_path / "b"), log=lambda s: None, state_dir=str(tmp_path / "state"))
+    a, b = (json.loads((tmp_path / x / "metrics.json").read_text()) for x in "ab")
+    assert without_timing(a) == without_timing(b)
+    assert_same_arrays(dict(np.load(tmp_path / "a" / "predictions.npz")), dict(np.load(tmp_path / "b" / "predictions.npz")))
+    assert not (tmp_path / "state").exists()
+
+
+# --- 4. NaN/Inf ----------------------------------------------------------------------------------------------------
+
+
+def test_divergence_fails_cleanly_and_never_checkpoints_non_finite_values(tmp_path, smoke_config, data_dir):
+    """sgd with lr 1e30: step 1 is still finite (and checkpointed), step 2 overflows."""
+    d = teacher_spec_dict(smoke_config, data_dir, steps=50, eval_every=1, optimizer={"name": "sgd", "learning_rate": 1e30})
+    run_json, state = tmp_path / "run.json", tmp_path / "state"
+    run_json.write_text(json.dumps(d))
+    proc = cli_train(run_json, tmp_path / "out", state)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "teacher" in errors[0] and "non-finite" in errors[0], out
+    failed_at = int(errors[0].split("at step ")[1].split()[0])
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    steps = committed_steps(state)
+    assert steps and max(steps) < failed_at  # the good state before the blow-up survives; the bad one is not written
+    with ocp.CheckpointManager(str(state)) as manager:
+        for step in steps:
+            arrays = manager.restore(step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore()))["arrays"]
+            leaves = [np.asarray(x) for x in jax.tree.leaves(arrays)]
+            assert len(leaves) > 10 and sum(x.size for x in leaves) > 10_000  # the whole state, twice
+            assert all(np.all(np.isfinite(x)) for x in leaves if np.issubdtype(x.dtype, np.inexact))
+
+
+def test_checkpoint_refuses_non_finite_values(tmp_path):
+    store = ResumeStore(str(tmp_path / "s"), "fp", log=lambda s: None)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        store.save(1, {"state": {"w": np.array([1.0, np.nan], np.float32)}}, {})
+    assert committed_steps(tmp_path / "s") == []
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------------
+
+
+def test_missing_teacher_or_dataset_is_one_error_line(tmp_path, smoke_config, data_dir):
+    config = validate(smoke_config)
+    cases = {}
+    d = student_run(config, "mnist1d", "mlp64", "kd", 0)
+    cases["teacher"] = {**d, "data_dir": data_dir, "teacher_dir": str(tmp_path / "no_teacher")}
+    cases["dataset"] = {**d, "data_dir": str(tmp_path / "no_data")}
+    os.makedirs(tmp_path / "empty_teacher" / "checkpoint")
+    cases["empty teacher checkpoint"] = {**d, "data_dir": data_dir, "teacher_dir": str(tmp_path / "empty_teacher")}
+    procs = {}
+    for name, spec in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(spec))
+        procs[name] = cli_train(path, tmp_path / f"out_{name}", tmp_path / f"state_{name}")
+    expected = {
+        "teacher": "teacher checkpoint missing",
+        "dataset": "dataset 'mnist1d' is not prepared",
+        "empty teacher checkpoint": "is unreadable",
+    }
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 1, out
+        assert "Traceback" not in out, out
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and expected[name] in errors[0], out
+        assert not (tmp_path / f"out_{name}" / "metrics.json").exists()
+
+
+# --- 6. network guard ------------------------------------------------------------------------------------------------
+
+
+def test_network_guard_blocks_remote_connects_in_subprocesses_and_allows_loopback():
+    code = (
+        "import socket, time\n"
+        "t = time.monotonic()\n"
+        "try:\n"
+        "    socket.create_connection(('10.255.255.1', 9), timeout=20)\n"
+        "    print('connected', round(time.monotonic() - t, 3))\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__, round(time.monotonic() - t, 3))\n"
+    )
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.split()
+    assert out[:1] == ["NetworkGuardError"] and float(out[1]) < 1.0, out  # at once, not after the 20 s timeout
+    assert time.monotonic() - t0 < 15
+
+    with pytest.raises(RuntimeError, match="network access blocked"):  # and in this process
+        socket.create_connection(("10.255.255.1", 9), timeout=20)
+    with pytest.raises(RuntimeError, match="network access blocked"):
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 53))
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    with socket.create_connection(server.getsockname(), timeout=5), socket.create_connection(("localhost", server.getsockname()[1]), timeout=5):
+        pass
+    server.close()
