@@ -1,0 +1,98 @@
+"""EV3 as a benchmark method: budget accounting, safety of the gate, growth in the loop, determinism."""
+
+import jax
+import numpy as np
+import pytest
+
+from ev3 import methods, models
+from ev3.config import RunSpec, student_run, validate
+from ev3.data import load
+from ev3.methods.common import Frozen
+from ev3.train import accuracy, fit
+
+NOLOG = lambda s: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def mnist1d(data_dir):
+    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
+
+
+@pytest.fixture(scope="module")
+def teacher(mnist1d):
+    net = models.build({"type": "mlp", "width": 32, "depth": 1}, mnist1d.input_shape, 10, jax.random.key(3))
+    return Frozen(net.graphdef, net.params, net.rest)
+
+
+def _spec(config, data_dir, method="ev3", **options):
+    config = validate(config)
+    config["methods"][method].update(options)
+    config["train"]["eval_every"] = 40
+    return RunSpec.from_dict({**student_run(config, "mnist1d", "mlp64", method, 0), "data_dir": data_dir})
+
+
+def test_budget_counts_every_candidate_step_and_logs_every_decision(smoke_config, data_dir, mnist1d, teacher):
+    spec = _spec(smoke_config, data_dir)
+    result = fit(methods.get("ev3"), spec, mnist1d, teacher, log=NOLOG)
+    o, ev = spec.options, methods.get("ev3").summary(result)
+    K = len(o["losses"]) * len(o["optimizers"])
+    assert result.compute["student_steps"] == o["iterations"] * K * o["steps_per_candidate"]
+    assert result.compute["teacher_forwards"] == o["iterations"] * o["steps_per_candidate"]
+    assert result.compute["flops_student"] > 0 and result.compute["flops_selection"] > 0
+    assert len(ev["decisions"]) == o["iterations"] == ev["accepted"] + ev["rejected"]
+    d = ev["decisions"][0]
+    assert {"iteration", "candidate", "family", "loss", "optimizer", "accepted", "stable_moved", "objectives"} <= set(d)
+    assert set(d["objectives"]) == {"accuracy", "nll"}
+    assert result.history[-1]["student_steps"] == result.compute["student_steps"]
+
+
+def test_the_gate_keeps_harmful_candidates_out(smoke_config, data_dir, mnist1d, teacher, monkeypatch):
+    """Starting from a trained student with only absurd learning rates: the gated stable model never moves, so
+    its val accuracy (val is never used by decisions) does not drop; without the gate it drops."""
+    config = validate(smoke_config)
+    config["train"]["steps"] = 300
+    pre = RunSpec.from_dict({**student_run(config, "mnist1d", "mlp64", "scratch", 0), "data_dir": data_dir})
+    trained = fit(methods.get("scratch"), pre, mnist1d, None, log=NOLOG).final_state.student
+    x_val, y_val = mnist1d.splits["val"]
+    start_val = accuracy(trained.logits(x_val), y_val)
+    assert start_val > 0.3
+    monkeypatch.setattr(
+        "ev3.methods.ev3.models.build", lambda *a, **k: models.Network(trained.graphdef, trained.params, trained.rest)
+    )
+    harmful = [{"name": "sgd", "learning_rate": 30.0}]
+    gated = fit(methods.get("ev3"), _spec(smoke_config, data_dir, optimizers=harmful, growth=None), mnist1d, teacher, log=NOLOG)
+    open_ = fit(methods.get("ev3"), _spec(smoke_config, data_dir, "ev3-no-gate", optimizers=harmful, growth=None), mnist1d, teacher, log=NOLOG)
+    ev_gated = methods.get("ev3").summary(gated)
+    assert ev_gated["stable_moves"] == 0 and ev_gated["accepted"] == 0
+    assert all(h["val_accuracy"] == pytest.approx(start_val, abs=1e-6) for h in gated.history)
+    assert open_.val_accuracy < start_val - 0.1
+
+
+def test_growth_happens_inside_the_loop_and_training_continues(smoke_config, data_dir, mnist1d, teacher):
+    spec = _spec(smoke_config, data_dir, iterations=6, growth={"patience": 1, "max_size": 3},
+                 objectives=[{"metric": "accuracy", "margin": 0.0}], confidence=0.999999)
+    result = fit(methods.get("ev3"), spec, mnist1d, teacher, log=NOLOG)
+    ev = methods.get("ev3").summary(result)
+    assert ev["growth_events"], "a near-impossible confidence stalls every decision, so the student must grow"
+    g = ev["growth_events"][0]
+    assert g["params"] > g["params_before"] and g["to_arch"] != g["from_arch"]
+    assert ev["current_arch"]["depth"] == 3  # grown once from depth 2, capped at max_size 3
+
+
+def test_same_seed_gives_identical_decisions(smoke_config, data_dir, mnist1d, teacher):
+    spec = _spec(smoke_config, data_dir, iterations=3)
+    a = methods.get("ev3").summary(fit(methods.get("ev3"), spec, mnist1d, teacher, log=NOLOG))
+    b = methods.get("ev3").summary(fit(methods.get("ev3"), spec, mnist1d, teacher, log=NOLOG))
+    assert a["decisions"] == b["decisions"]
+
+
+def test_ev3_options_are_validated(smoke_config):
+    from ev3.config import ConfigError
+
+    import copy
+
+    bad = copy.deepcopy(smoke_config["methods"]["ev3"])
+    bad["optimizers"][0]["momentum"] = 0.9  # adam has no momentum option
+    smoke_config["methods"]["ev3-bad"] = bad
+    with pytest.raises(ConfigError, match="^methods/ev3-bad/optimizers/0/momentum:"):
+        validate(smoke_config)
