@@ -3,14 +3,17 @@
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import jsonschema
+import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNAKEFILE = os.path.join(ROOT, "workflow", "Snakefile")
@@ -44,7 +47,8 @@ def test_smoke_dag_outputs_are_complete_and_schema_valid(smoke_run):
     with open(os.path.join(ROOT, "workflow", "schemas", "metrics.schema.json")) as f:
         schema = json.load(f)
     files = sorted(glob.glob(str(smoke_run / "runs" / "*" / "*" / "*" / "seed*" / "metrics.json")))
-    assert len(files) == 2 * 3  # methods × seeds
+    smoke = yaml.safe_load(open(os.path.join(ROOT, "config", "smoke.yaml")))
+    assert len(files) == len(smoke["methods"]) * len(smoke["seeds"])
     for path in files + glob.glob(str(smoke_run / "teacher" / "*" / "*" / "seed*" / "metrics.json")):
         metrics = json.load(open(path))
         jsonschema.validate(metrics, schema)
@@ -61,7 +65,9 @@ def test_smoke_dag_outputs_are_complete_and_schema_valid(smoke_run):
 @pytest.mark.slow
 def test_summary_table_matches_the_runs(smoke_run):
     summary = pd.read_csv(smoke_run / "tables" / "summary.csv")
-    assert list(summary["method"]) == ["scratch", "kd"]
+    smoke = yaml.safe_load(open(os.path.join(ROOT, "config", "smoke.yaml")))
+    assert sorted(summary["method"]) == sorted(smoke["methods"])
+    assert list(summary["method"][:2]) == ["scratch", "kd"]  # baselines first
     assert (summary["n_seeds"] == 3).all()
     for row in summary.itertuples():
         accs = [json.load(open(p))["test_accuracy"] for p in glob.glob(str(smoke_run / "runs" / "mnist1d" / "mlp64" / row.method / "seed*" / "metrics.json"))]
@@ -74,22 +80,95 @@ def test_summary_table_matches_the_runs(smoke_run):
 
 
 @pytest.mark.slow
-def test_tables_regenerate_to_the_same_bytes(smoke_run, tmp_path):
+def test_tables_and_figures_regenerate_to_the_same_bytes(smoke_run, tmp_path):
     copy = tmp_path / "smoke"
     shutil.copytree(smoke_run, copy)
-    before = {p: (copy / "tables" / p).read_bytes() for p in ("summary.csv", "summary.md")}
+    outputs = [p.relative_to(copy) for d in ("tables", "figures") for p in sorted((copy / d).iterdir())]
+    assert {"tables/summary.csv", "tables/significance.csv", "figures/accuracy_vs_flops.png"} <= {str(p) for p in outputs}
+    before = {p: (copy / p).read_bytes() for p in outputs}
     shutil.rmtree(copy / "tables")
+    shutil.rmtree(copy / "figures")
     subprocess.run([sys.executable, "-m", "ev3", "aggregate", str(copy)], cwd=ROOT, check=True, capture_output=True)
-    assert before == {p: (copy / "tables" / p).read_bytes() for p in before}
+    assert before == {p: (copy / p).read_bytes() for p in outputs}
+
+
+def report_outputs(config: dict) -> list[str]:
+    """Every table and figure the report must show for ``config`` (optional figures by method type)."""
+    from ev3.report import OPTIONAL_FIGURES
+
+    types = {m["type"] for m in config["methods"].values()}
+    return (
+        [f"tables/{t}.csv" for t in ("summary", "significance", "compute", "matched_compute", "runs")]
+        + [f"tables/{t}.md" for t in ("summary", "significance", "compute", "matched_compute")]
+        + [f"figures/{f}.png" for f in ("accuracy", "curves", "accuracy_vs_flops", "agreement")]
+        + [f"figures/{f}.png" for f, t in OPTIONAL_FIGURES.items() if t in types]
+    )
+
+
+def chromium(*args, timeout=180):
+    """Run headless Debian chromium offline (fails, not skips, when it is missing: CI installs it)."""
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.fail("chromium not found: the report check needs a headless browser "
+                    "(apt-get install -y --no-install-recommends chromium; .ci/run installs it)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+    return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
-def test_report_is_a_self_contained_page(smoke_run):
-    workdir = smoke_run.parent.parent
-    proc = snakemake(workdir, "--report", "results/smoke/report.html")
+def test_report_is_a_self_contained_page_with_every_table_and_figure(smoke_run, smoke_config, tmp_path):
+    expected = report_outputs(smoke_config)
+    for rel in expected:
+        assert (smoke_run / rel).stat().st_size > 0, rel
+    proc = snakemake(smoke_run.parent.parent, "--report", "results/smoke/report.html")
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (smoke_run / "report.html").read_text()
-    assert "summary.csv" in html and "accuracy.png" in html
+    for rel in expected + ["config.yaml"]:
+        if not rel.endswith(".md"):  # every table, figure and the config embedded as a data URI
+            assert re.search(rf"data:[\w/+.-]+(;[^;,\"]+)*;filename={re.escape(os.path.basename(rel))};base64,", html), rel
+    external = re.findall(r"""(?:src|href)\s*[=:]\s*["'`]?\s*(https?://[^"'`\s>]+)""", html, flags=re.I)
+    assert not external, f"report.html loads external resources: {external[:5]}"
+
+    url = (smoke_run / "report.html").as_uri()
+    dom = chromium(f"--user-data-dir={tmp_path / 'profile-dom'}", "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    rendered = re.sub(r"<script\b.*?</script>", "", dom.stdout, flags=re.S)  # what the page's scripts built
+    for heading in ("Test accuracy: mean and 95 % CI over seeds", "Paired differences to kd and scratch",
+                    "Compute per run", "Test accuracy at matched budgets"):
+        assert heading in rendered, f"rendered report lacks {heading!r}"
+    assert rendered.count("<table") >= 4
+
+    png = tmp_path / "report.png"
+    shot = chromium(f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={png}", "--window-size=1400,2000", url)
+    assert shot.returncode == 0 and png.exists(), shot.stderr[-2000:]
+    assert png.stat().st_size > 50_000
+    pixels = matplotlib.image.imread(str(png))
+    assert pixels.shape[:2] == (2000, 1400)
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 50  # not a blank or single-color page
+
+
+def test_optional_figures_are_outputs_only_for_their_method_types(smoke_config, tmp_path):
+    def outputs(methods):
+        config = {**smoke_config, "methods": methods}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        proc = subprocess.run(
+            [sys.executable, "-m", "snakemake", "-s", SNAKEFILE, "--directory", str(tmp_path), "--configfile", str(path),
+             "--detailed-summary"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    with open(os.path.join(ROOT, "config", "config.yaml")) as f:
+        default = yaml.safe_load(f)["methods"]
+    metadistil = {name: m for name, m in default.items() if m["type"] == "metadistil"}
+    assert metadistil, "config/config.yaml defines no metadistil method to test with"
+    baselines = {name: m for name, m in default.items() if m["type"] in ("scratch", "kd")}
+    assert "metadistil_teacher.png" not in outputs(baselines)
+    with_metadistil = outputs({**baselines, **metadistil})
+    assert "results/smoke/figures/metadistil_teacher.png" in with_metadistil
+    assert "ev3_trajectory.png" not in with_metadistil
 
 
 @pytest.mark.slow

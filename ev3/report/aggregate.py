@@ -1,7 +1,10 @@
-"""Collect every run's ``metrics.json`` under ``results/<benchmark>/`` into tables and figures.
+"""Collect every run's ``metrics.json`` (+ ``predictions.npz``) under ``results/<benchmark>/`` into tables and
+figures.
 
-Everything is regenerated from the metrics files alone (deterministic bytes for the same inputs). A file that
-fails ``workflow/schemas/metrics.schema.json`` is refused with its path in the message.
+Everything is regenerated from those files alone, with deterministic bytes for the same inputs. A metrics file
+that fails ``workflow/schemas/metrics.schema.json`` (or predictions that contradict it) is refused with its
+path in the message. CSV tables hold accuracies as fractions 0–1, FLOPs and seconds; the ``.md`` tables (and
+``tables/report.rst``, the same tables for the HTML report's front page) show percentages.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import json
 import os
 
 import jsonschema
+import numpy as np
 import pandas as pd
 
 from ev3 import io
+from ev3.report import compute, figures, fmt, significance
 from ev3.stats import mean_ci
 
 METRICS_SCHEMA = os.path.join(
@@ -41,21 +46,48 @@ def method_order(methods) -> list[str]:
     return [m for m in BASELINE_ORDER if m in methods] + sorted(methods - set(BASELINE_ORDER))
 
 
-def collect(root: str) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
-    """(one row per student run, one row per teacher run, all run metrics) sorted by identity."""
-    runs = [load_metrics(p) for p in sorted(glob.glob(os.path.join(root, "runs", "*", "*", "*", "seed*", "metrics.json")))]
-    teachers = [load_metrics(p) for p in sorted(glob.glob(os.path.join(root, "teacher", "*", "*", "seed*", "metrics.json")))]
-    if not runs:
+def _flat(metrics: dict, run_dir: str) -> dict:
+    """One table row: the scalar fields, ``compute_*`` counters, ``versions_*`` and the run directory."""
+    row = {"run_dir": run_dir, **{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}}
+    row.update({f"compute_{k}": v for k, v in metrics["compute"].items()})
+    row.update({f"versions_{k}": v for k, v in metrics["versions"].items()})
+    return row
+
+
+def collect(root: str) -> tuple[pd.DataFrame, list[dict]]:
+    """(one flat row per student run sorted by identity and seed, the runs' full metrics in the same order).
+
+    Teacher metrics are schema-checked too (a broken teacher run is refused) but not tabulated.
+    """
+    paths = sorted(glob.glob(os.path.join(root, "runs", "*", "*", "*", "seed*", "metrics.json")))
+    for path in sorted(glob.glob(os.path.join(root, "teacher", "*", "*", "seed*", "metrics.json"))):
+        load_metrics(path)
+    if not paths:
         raise ValueError(f"no run metrics under {root}/runs")
+    runs = [(os.path.relpath(os.path.dirname(p), root), load_metrics(p)) for p in paths]
+    table = pd.DataFrame([_flat(m, d) for d, m in runs]).sort_values(KEYS + ["seed"], kind="stable")
+    counters = [c for c in table.columns if c.startswith("compute_")]
+    table[counters] = table[counters].apply(pd.to_numeric)  # null counters (e.g. steps_per_s) become NaN
+    return table.reset_index(drop=True), [runs[i][1] for i in table.index]
 
-    def row(m):
-        flat = {k: v for k, v in m.items() if not isinstance(v, (dict, list))}
-        flat.update({f"compute_{k}": v for k, v in m["compute"].items()})
-        return flat
 
-    runs_df = pd.DataFrame([row(m) for m in runs]).sort_values(KEYS + ["seed"], kind="stable").reset_index(drop=True)
-    teachers_df = pd.DataFrame([row(m) for m in teachers])
-    return runs_df, teachers_df, runs
+def load_correctness(root: str, runs: pd.DataFrame) -> dict[tuple, np.ndarray]:
+    """Per-sample test correctness ``pred == label`` of each run, keyed (dataset, student, method, seed).
+
+    Refuses (``ValueError`` naming the file) predictions whose accuracy differs from the run's
+    ``test_accuracy`` or whose labels differ from another run's on the same dataset.
+    """
+    correct, labels = {}, {}
+    for r in runs.itertuples():
+        path = os.path.join(root, r.run_dir, "predictions.npz")
+        with np.load(path) as npz:
+            pred, label = npz["pred"], npz["label"]
+        if pred.shape != label.shape or abs(np.mean(pred == label) - r.test_accuracy) > 1e-4:
+            raise ValueError(f"{path}: predictions do not match test_accuracy {r.test_accuracy} of metrics.json")
+        if not np.array_equal(labels.setdefault(r.dataset, label), label):
+            raise ValueError(f"{path}: test labels differ from other runs on {r.dataset}")
+        correct[(r.dataset, r.student, r.method, r.seed)] = pred == label
+    return correct
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -84,39 +116,71 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["dataset", "student", "method"], key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
 
 
-def summary_markdown(summary: pd.DataFrame) -> str:
-    def pct(x):
-        return "–" if pd.isna(x) else f"{100 * x:.1f}"
-
-    table = pd.DataFrame(
+def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable summary table (percentages, GFLOPs, seconds)."""
+    return pd.DataFrame(
         {
             "dataset": summary["dataset"],
             "student": summary["student"],
             "method": summary["method"],
             "seeds": summary["n_seeds"],
-            "test acc % (95 % CI)": [
-                f"{pct(r.test_acc_mean)} ({pct(r.test_acc_ci_low)}–{pct(r.test_acc_ci_high)})" for r in summary.itertuples()
-            ],
-            "teacher agreement %": summary["teacher_agreement"].map(pct),
-            "teacher acc %": summary["teacher_test_acc"].map(pct),
-            "GFLOPs": summary["flops"].map(lambda x: f"{x / 1e9:.1f}"),
+            "test acc % (95 % CI)": [fmt.pct_ci(r.test_acc_mean, r.test_acc_ci_low, r.test_acc_ci_high) for r in summary.itertuples()],
+            "teacher agreement %": summary["teacher_agreement"].map(fmt.pct),
+            "teacher acc %": summary["teacher_test_acc"].map(fmt.pct),
+            "GFLOPs": summary["flops"].map(fmt.giga),
             "wall s": summary["wall_s"].map(lambda x: f"{x:.1f}"),
         }
     )
-    return table.to_markdown(index=False) + "\n"
+
+
+NUMBER_CELL = r"[-+<]?\d|–|∞|−∞"
+"""A displayed cell that starts like this is a number (or a missing one)."""
+
+# (file name, heading on the report page) of the tables with a human-readable version, in page order.
+DISPLAYED = [
+    ("summary", "Test accuracy: mean and 95 % CI over seeds"),
+    ("significance", "Paired differences to kd and scratch (Δ = method − baseline)"),
+    ("compute", "Compute per run (mean over seeds)"),
+    ("matched_compute", "Test accuracy at matched budgets (% (95 % CI) [seeds reaching the budget])"),
+]
+
+
+def _markdown(display: pd.DataFrame, tablefmt: str = "pipe") -> str:
+    """The cells exactly as formatted (numbers are not re-parsed); columns of numbers are right-aligned."""
+    numeric = {c: display[c].astype(str).str.match(NUMBER_CELL).all() for c in display.columns}
+    align = ["right" if numeric[c] else "left" for c in display.columns]
+    return display.to_markdown(index=False, tablefmt=tablefmt, disable_numparse=True, colalign=align)
+
+
+def write_tables(tables_dir: str, raw: dict[str, pd.DataFrame], display: dict[str, pd.DataFrame]) -> None:
+    """``<name>.csv`` for every raw table, ``<name>.md`` for every displayed one, and ``report.rst``: the
+    displayed tables as reStructuredText grid tables under headings, for the HTML report's front page."""
+    for name, table in raw.items():
+        io.write_text(os.path.join(tables_dir, f"{name}.csv"), table.to_csv(index=False, float_format="%.6g"))
+    page = []
+    for name, heading in DISPLAYED:
+        io.write_text(os.path.join(tables_dir, f"{name}.md"), _markdown(display[name]) + "\n")
+        page += [f".. rubric:: {heading}", "", _markdown(display[name], tablefmt="grid"), ""]
+    io.write_text(os.path.join(tables_dir, "report.rst"), "\n".join(page))
 
 
 def aggregate(root: str) -> pd.DataFrame:
-    """Write ``tables/summary.csv|md`` and ``figures/accuracy.png|curves.png`` under ``root``."""
-    from ev3.report import figures
-
-    runs, teachers, all_metrics = collect(root)
+    """Write every table under ``root/tables`` and every figure under ``root/figures``; returns the summary."""
+    runs, metrics = collect(root)
+    order = method_order(runs["method"])
     summary = summarize(runs)
-    tables, figs = os.path.join(root, "tables"), os.path.join(root, "figures")
-    io.write_text(os.path.join(tables, "summary.csv"), summary.to_csv(index=False, float_format="%.6g"))
-    io.write_text(os.path.join(tables, "summary.md"), summary_markdown(summary))
-    order = method_order(summary["method"])
-    figures.accuracy(runs, summary, order, os.path.join(figs, "accuracy.png"))
-    figures.curves(all_metrics, order, os.path.join(figs, "curves.png"))
-    print(summary_markdown(summary))
+    tests = significance.significance(runs, load_correctness(root, runs), order)
+    costs = compute.compute_table(runs, order)
+    matched = compute.matched_compute(metrics, order)
+    raw = {"summary": summary, "significance": tests, "compute": costs, "matched_compute": matched, "runs": runs}
+    display = {
+        "summary": summary_display(summary),
+        "significance": significance.significance_display(tests),
+        "compute": compute.compute_display(costs),
+        "matched_compute": compute.matched_display(matched),
+    }
+    write_tables(os.path.join(root, "tables"), raw, display)
+    figures.draw_all(runs, summary, metrics, order, os.path.join(root, "figures"))
+    for name in ("summary", "significance"):
+        print(_markdown(display[name]), end="\n\n")
     return summary

@@ -1,4 +1,7 @@
-"""Matplotlib figures (Agg backend), one color per method everywhere (by :func:`method_order`)."""
+"""Matplotlib figures (Agg backend), one color per method everywhere (by ``aggregate.method_order``).
+
+Accuracies are plotted in percent. PNGs carry no timestamp or software metadata (same bytes on a rerun).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +12,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ev3 import io  # noqa: E402
+from ev3.report import OPTIONAL_FIGURES  # noqa: E402
+from ev3.report.compute import interp_within, seed_mean_ci, series  # noqa: E402
 
 
 def colors(order: list[str]) -> dict[str, tuple]:
+    """The tab10 color of each method, by its position in ``order``."""
     cmap = plt.get_cmap("tab10")
     return {m: cmap(i % 10) for i, m in enumerate(order)}
 
 
 def _save(fig, path: str) -> None:
+    """Write ``fig`` as PNG atomically, without metadata that would change between runs."""
     buf = _io.BytesIO()
+    fig.tight_layout()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -30,8 +39,41 @@ def _save(fig, path: str) -> None:
 
 
 def _panels(groups):
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
+    """One panel per group (a dataset × student), side by side."""
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4), squeeze=False)
     return fig, axes[0]
+
+
+def _groups(metrics: list[dict]) -> list[tuple[str, str]]:
+    """The (dataset, student) pairs of the runs, sorted."""
+    return sorted({(m["dataset"], m["student"]) for m in metrics})
+
+
+def _entries(obj: dict, key: str) -> list[dict]:
+    """The dict entries of the list ``obj[key]`` (missing or malformed: none)."""
+    value = obj.get(key)
+    return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
+
+
+def _number(value) -> bool:
+    """A JSON number (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _flops_axis(ax) -> None:
+    """Log-scale FLOPs x axis labelled at 1, 2 and 5 × 10^k with SI prefixes (no crowded minor labels)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.EngFormatter())
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _legend(ax) -> None:
+    """A legend right of the panel (many methods would hide the data) with one entry per label."""
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
 
 
 def accuracy(runs: pd.DataFrame, summary: pd.DataFrame, order: list[str], path: str) -> None:
@@ -60,7 +102,7 @@ def accuracy(runs: pd.DataFrame, summary: pd.DataFrame, order: list[str], path: 
 
 def curves(all_metrics: list[dict], order: list[str], path: str) -> None:
     """Val accuracy vs student steps: mean over seeds with a min–max band, per (dataset, student)."""
-    keys = sorted({(m["dataset"], m["student"]) for m in all_metrics})
+    keys = _groups(all_metrics)
     fig, axes = _panels(keys)
     color = colors(order)
     for ax, (dataset, student) in zip(axes, keys):
@@ -76,5 +118,142 @@ def curves(all_metrics: list[dict], order: list[str], path: str) -> None:
         ax.set_xlabel("student steps")
         ax.set_ylabel("val accuracy (%)")
         ax.set_title(f"{dataset} · {student}")
-        ax.legend(loc="lower right")
+        _legend(ax)
     _save(fig, path)
+
+
+def accuracy_vs_flops(all_metrics: list[dict], order: list[str], path: str) -> None:
+    """Test accuracy (state at each evaluation) vs cumulative FLOPs, log x: per method the mean over seeds with
+    a 95 % t-band, each run interpolated onto the union of the method's evaluation FLOPs within the range every
+    seed covers (no extrapolation)."""
+    keys = _groups(all_metrics)
+    fig, axes = _panels(keys)
+    color = colors(order)
+    for ax, key in zip(axes, keys):
+        for method in order:
+            hs = [m["history"] for m in all_metrics if (m["dataset"], m["student"], m["method"]) == (*key, method)]
+            if not hs:
+                continue
+            grid = np.unique(np.concatenate([series(h, "flops") for h in hs]))
+            acc = np.stack([interp_within(grid, series(h, "flops"), series(h, "test_accuracy")) for h in hs])
+            covered = ~np.isnan(acc).any(axis=0)  # the mean is always over every seed
+            grid, acc = grid[covered], acc[:, covered]
+            cis = [seed_mean_ci(column) for column in acc.T]
+            mean, low, high = (100 * np.array([getattr(ci, f) for ci in cis]) for f in ("mean", "low", "high"))
+            ax.plot(grid, mean, color=color[method], marker=".", label=f"{method} (n={len(hs)})")
+            ax.fill_between(grid, low, high, color=color[method], alpha=0.2)
+        _flops_axis(ax)
+        ax.set_xlabel("cumulative FLOPs (student + teacher + selection)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{key[0]} · {key[1]}")
+        _legend(ax)
+    _save(fig, path)
+
+
+def agreement(runs: pd.DataFrame, order: list[str], path: str) -> None:
+    """Teacher agreement vs test accuracy of the val-selected student: one point per run, colored by method."""
+    groups = list(runs.groupby(["dataset", "student"], sort=True))
+    fig, axes = _panels(groups)
+    color = colors(order)
+    for ax, ((dataset, student), g) in zip(axes, groups):
+        for method in (m for m in order if m in set(g["method"])):
+            r = g[g["method"] == method]
+            ax.scatter(100 * r["teacher_agreement"], 100 * r["test_accuracy"], color=color[method], label=method, s=25)
+        ax.set_xlabel("teacher agreement on test (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset} · {student}")
+        _legend(ax)
+    _save(fig, path)
+
+
+def _at_flops(entry: dict, history: list[dict]) -> float:
+    """An event's x position: its ``flops``, else its ``student_steps`` mapped onto the run's cumulative FLOPs
+    (linear, from 0 FLOPs at step 0), else NaN."""
+    if _number(entry.get("flops")):
+        return float(entry["flops"])
+    if _number(entry.get("student_steps")):
+        steps, flops = np.r_[0.0, series(history, "student_steps")], np.r_[0.0, series(history, "flops")]
+        return float(np.interp(entry["student_steps"], steps, flops))
+    return float("nan")
+
+
+def _accuracy_at(entry: dict, x: float, history: list[dict]) -> float:
+    """An event's accuracy (fraction): its own ``test_accuracy``/``val_accuracy``/``accuracy``, else the run's
+    test accuracy interpolated at ``x``."""
+    for key in ("test_accuracy", "val_accuracy", "accuracy"):
+        if _number(entry.get(key)):
+            return float(entry[key])
+    return float(np.interp(x, series(history, "flops"), series(history, "test_accuracy")))
+
+
+def ev3_trajectory(all_metrics: list[dict], order: list[str], path: str) -> None:
+    """Runs with an ``ev3`` object: test accuracy vs cumulative FLOPs per run; ``ev3.decisions`` entries as ▲
+    (``accepted`` true) or ✕ (false); ``ev3.growth_events`` as dotted vertical lines."""
+    runs = [m for m in all_metrics if "ev3" in m]
+    keys = _groups(runs)
+    fig, axes = _panels(keys)
+    color = colors(order)
+    for ax, key in zip(axes, keys):
+        for m in (m for m in runs if (m["dataset"], m["student"]) == key):
+            h, c = m["history"], color[m["method"]]
+            ax.plot(series(h, "flops"), 100 * series(h, "test_accuracy"), color=c, alpha=0.7, label=m["method"])
+            for d in _entries(m["ev3"], "decisions"):
+                x = _at_flops(d, h)
+                ax.scatter(x, 100 * _accuracy_at(d, x, h), color=c, marker="^" if d.get("accepted") else "x", s=40, zorder=3)
+            for event in _entries(m["ev3"], "growth_events"):
+                ax.axvline(_at_flops(event, h), color=c, ls=":", alpha=0.6)
+        ax.scatter([], [], color="k", marker="^", label="accepted decision")
+        ax.scatter([], [], color="k", marker="x", label="rejected decision")
+        ax.plot([], [], color="k", ls=":", label="growth event")
+        _legend(ax)
+        _flops_axis(ax)
+        ax.set_xlabel("cumulative FLOPs")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{key[0]} · {key[1]} · EV3")
+    _save(fig, path)
+
+
+def _teacher_series(runs: list[dict]) -> list[str]:
+    """Numeric keys (other than ``student_steps``) of the runs' ``metadistil.teacher_history`` entries."""
+    keys = {
+        k for m in runs for entry in _entries(m["metadistil"], "teacher_history")
+        for k, v in entry.items() if k != "student_steps" and _number(v)
+    }
+    return sorted(keys, key=lambda k: (k != "teacher_test_accuracy", k))
+
+
+def metadistil_teacher(all_metrics: list[dict], order: list[str], path: str) -> None:
+    """Runs with a ``metadistil`` object: each numeric series of ``metadistil.teacher_history`` (entries with
+    ``student_steps``) vs student steps, one line per run colored by method; rows are dataset × student.
+    Accuracy/agreement series are in percent; the initial teacher's test accuracy is a dashed line."""
+    runs = [m for m in all_metrics if "metadistil" in m]
+    keys, names = _groups(runs), _teacher_series(runs) or ["(no teacher_history)"]
+    fig, axes = plt.subplots(len(keys), len(names), figsize=(5 * len(names), 3.8 * len(keys)), squeeze=False)
+    color = colors(order)
+    for row, key in zip(axes, keys):
+        group = [m for m in runs if (m["dataset"], m["student"]) == key]
+        for ax, name in zip(row, names):
+            scale = 100 if ("accuracy" in name or "agreement" in name) else 1
+            for m in group:
+                th = [e for e in _entries(m["metadistil"], "teacher_history") if _number(e.get(name)) and "student_steps" in e]
+                x, y = series(th, "student_steps"), scale * series(th, name)
+                ax.plot(x, y, color=color[m["method"]], marker=".", alpha=0.7, label=m["method"])
+            if name == "teacher_test_accuracy":
+                ax.axhline(100 * group[0]["teacher_test_accuracy"], color="gray", ls="--", label="initial teacher")
+            _legend(ax)
+            ax.set_xlabel("student steps")
+            ax.set_ylabel("%" if scale == 100 else "value")
+            ax.set_title(f"{name}\n{key[0]} · {key[1]}", fontsize=10)
+    _save(fig, path)
+
+
+def draw_all(runs: pd.DataFrame, summary: pd.DataFrame, all_metrics: list[dict], order: list[str], figures_dir: str) -> None:
+    """Every figure into ``figures_dir``; the :data:`OPTIONAL_FIGURES` only when some run has their object."""
+    accuracy(runs, summary, order, os.path.join(figures_dir, "accuracy.png"))
+    curves(all_metrics, order, os.path.join(figures_dir, "curves.png"))
+    accuracy_vs_flops(all_metrics, order, os.path.join(figures_dir, "accuracy_vs_flops.png"))
+    agreement(runs, order, os.path.join(figures_dir, "agreement.png"))
+    draw = {"ev3_trajectory": ev3_trajectory, "metadistil_teacher": metadistil_teacher}
+    for name, key in OPTIONAL_FIGURES.items():
+        if any(key in m for m in all_metrics):
+            draw[name](all_metrics, order, os.path.join(figures_dir, f"{name}.png"))

@@ -1,12 +1,46 @@
+from ev3.report import OPTIONAL_FIGURES
+
+# Every table and figure goes into the HTML report with its caption from workflow/report/<name>.rst. The
+# OPTIONAL_FIGURES are drawn only for some method types, so they are outputs only when the config has one.
+METHOD_TYPES = {options["type"] for options in cfg["methods"].values()}
+REPORT_TABLES = {
+    name: report(f"{R}/tables/{name}.csv", caption=f"../report/{name}.rst", category="Tables")
+    for name in ["summary", "significance", "compute", "matched_compute", "runs"]
+}
+REPORT_FIGURES = {
+    name: report(f"{R}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
+    for name in ["accuracy", "curves", "accuracy_vs_flops", "agreement"]
+    + [name for name, method_type in OPTIONAL_FIGURES.items() if method_type in METHOD_TYPES]
+}
+
+
+rule resolved_config:
+    output:
+        report(f"{R}/config.yaml", caption="../report/config.rst", category="Configuration"),
+    params:
+        config=cfg,
+    log:
+        f"{R}/logs/resolved_config.log",
+    localrule: True
+    run:
+        import yaml
+
+        from ev3.io import write_text
+
+        write_text(output[0], yaml.safe_dump(params.config, sort_keys=True, allow_unicode=True))
+
+
 rule aggregate:
     input:
         student_metrics,
+        predictions=lambda wc: [p.replace("metrics.json", "predictions.npz") for p in student_metrics()],
         teachers=expand(f"{TEACHER}/metrics.json", dataset=cfg["datasets"]),
+        config=f"{R}/config.yaml",
     output:
-        summary=report(f"{R}/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
-        summary_md=f"{R}/tables/summary.md",
-        accuracy=report(f"{R}/figures/accuracy.png", caption="../report/accuracy.rst", category="Figures"),
-        curves=report(f"{R}/figures/curves.png", caption="../report/curves.rst", category="Figures"),
+        **REPORT_TABLES,
+        **REPORT_FIGURES,
+        markdown=expand(f"{R}/tables/{{name}}.md", name=["summary", "significance", "compute", "matched_compute"]),
+        page=f"{R}/tables/report.rst",
     log:
         f"{R}/logs/aggregate.log",
     localrule: True
