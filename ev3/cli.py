@@ -1,7 +1,6 @@
 """``python -m ev3 <command>``: what the workflow rules call; also usable without Snakemake.
 
 Commands: ``prepare-data NAME --data-dir DIR``; ``train RUN_JSON --out DIR [--state-dir DIR] [--threads N]``;
-``resolve CONFIG --dataset D --student S --method M --seed K --out RUN_JSON`` (or ``--teacher``);
 ``aggregate RESULTS_ROOT``; ``validate CONFIG``.
 ``--threads`` limits XLA's CPU threads; it is applied before JAX is imported. ``--state-dir`` holds the run's
 resume state: an interrupted run rerun with the same command resumes from its last checkpoint there.

@@ -1,7 +1,6 @@
 """EV3 as a benchmark method: budget accounting, safety of the gate, growth in the loop, determinism."""
 
 import jax
-import numpy as np
 import pytest
 
 from ev3 import methods, models

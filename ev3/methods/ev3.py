@@ -31,7 +31,6 @@ import time
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ev3 import models
@@ -59,9 +58,6 @@ class _Arch:
         if name not in self.fns:
             self.fns[name] = make()
         return self.fns[name]
-
-    def evaluate(self, params, x):
-        return self.apply(params, x)
 
 
 def _candidates(options: dict) -> list[tuple[str, dict, dict]]:
@@ -137,7 +133,7 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
         flops["selection"] += f
         return {k: np.asarray(v) for k, v in compiled(params, x, y, t).items()}
 
-    def evaluate(a: _Arch, params, x):
+    def eval_logits(a: _Arch, params, x):
         logits, f = predict(counter, a.fn("evaluate", lambda: lambda p, x: a.apply(p, x)), params, x)
         return logits, f
 
@@ -205,10 +201,10 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
             # Diverged candidates are only rejected; a non-finite current or stable model stops the run.
             if not _finite(dict(enumerate(jax.tree.leaves((state.params, state.stable_params))))):
                 raise NonFiniteError(f"{spec.method}: non-finite current or stable model at step {student_steps}")
-            val_logits, f = evaluate(stable_arch, state.stable_params, x_val)
+            val_logits, f = eval_logits(stable_arch, state.stable_params, x_val)
             flops["selection"] += f
-            test_logits, _ = evaluate(stable_arch, state.stable_params, x_test)
-            cur_val, _ = evaluate(arch, state.params, x_val)
+            test_logits, _ = eval_logits(stable_arch, state.stable_params, x_test)
+            cur_val, _ = eval_logits(arch, state.params, x_val)
             total = sum(flops.values())
             history.append({"student_steps": student_steps, "flops": total, "wall_s": time.perf_counter() - t_start,
                             "train_loss": _min_finite(losses), "val_accuracy": accuracy(val_logits, y_val),
