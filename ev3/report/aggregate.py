@@ -112,8 +112,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             }
         )
     out = pd.DataFrame(rows)
-    order = {m: i for i, m in enumerate(method_order(out["method"]))}
-    return out.sort_values(["dataset", "student", "method"], key=lambda c: c.map(order) if c.name == "method" else c).reset_index(drop=True)
+    return compute.sort_rows(out, method_order(out["method"]))
 
 
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:

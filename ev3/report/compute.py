@@ -27,6 +27,11 @@ def compute_table(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     table = runs.groupby(["dataset", "student", "method"], sort=False).agg(
         n_seeds=("seed", "size"), **{c: (f"compute_{c}", "mean") for c in COUNTERS}
     ).reset_index()
+    return sort_rows(table, order)
+
+
+def sort_rows(table: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Rows by dataset, student, then method in ``order`` (the report's method order everywhere)."""
     rank = {m: i for i, m in enumerate(order)}
     return table.sort_values(["dataset", "student", "method"], key=lambda c: c.map(rank) if c.name == "method" else c,
                              kind="stable").reset_index(drop=True)
