@@ -108,9 +108,13 @@ class ResumeStore:
         manager.save(step, args=args, force=True)
         manager.wait_until_finished()
 
-    def restore(self, likes: dict) -> tuple[int, dict, dict] | None:
+    def restore(self, likes) -> tuple[int, dict, dict] | None:
         """The newest usable checkpoint as ``(step, trees, meta)``, each tree restored into the structure (and
-        shapes, dtypes, shardings) of the same-named tree in ``likes``; None when there is none."""
+        shapes, dtypes, shardings) of the same-named tree in ``likes``; None when there is none.
+
+        ``likes`` is a dict of pytrees, or a function of the checkpoint's ``meta`` returning one (for a run
+        whose structure changes as it goes, e.g. an EV3 student that grows)."""
+        likes_for = likes if callable(likes) else (lambda meta: likes)
         if not os.path.isdir(self.directory):
             return None
         manager = self._open()
@@ -128,6 +132,7 @@ class ResumeStore:
                     continue
                 if meta.get("step") != step:
                     raise ValueError(f"its metadata is for step {meta.get('step')}")
+                likes = likes_for(meta)
                 targets = {
                     name: [ocp.utils.to_shape_dtype_struct(_savable(x)) for x in jax.tree.leaves(like)]
                     for name, like in likes.items()

@@ -113,6 +113,49 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
+def compute_counters(counter: Counter, *, student_steps: int, teacher_forwards: int, teacher_backwards: int,
+                     flops_student: float, flops_teacher: float, flops_selection: float, wall_s: float,
+                     train_s: float) -> dict:
+    """The ``compute`` object of metrics.json (``train_s``: time in training steps, for steady steps/s)."""
+    return {
+        "student_steps": student_steps,
+        "teacher_forwards": teacher_forwards,
+        "teacher_backwards": teacher_backwards,
+        "flops_student": flops_student,
+        "flops_teacher": flops_teacher,
+        "flops_selection": flops_selection,
+        "flops": flops_student + flops_teacher + flops_selection,
+        "wall_s": wall_s,
+        "compile_s": counter.compile_s,
+        "compiles": counter.compiles,
+        "steps_per_s": student_steps / train_s if train_s > 0 else None,
+        "peak_memory_bytes": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"),
+    }
+
+
+def resume_store(spec, teacher, state_dir: str, log):
+    """The run's :class:`ev3.checkpoint.ResumeStore`; its identity is the spec (minus the checkpoint cadence)
+    and the teacher's parameters."""
+    from ev3.checkpoint import ResumeStore, fingerprint
+
+    identity = {**vars(spec), "train": {k: v for k, v in spec.train.items() if k != "checkpoint_every"}}
+    return ResumeStore(state_dir, fingerprint(identity, teacher), log=log)
+
+
+def compile_record(counter: Counter, resumed: dict) -> dict:
+    """Checkpoint metadata on compilation: time and names over this process and the one resumed from."""
+    return {
+        "compile_s": resumed.get("compile_s", 0.0) + counter.compile_s,
+        "compiled": sorted(set(resumed.get("compiled", [])) | compiled_names(counter)),
+    }
+
+
+def merge_compiles(counter: Counter, resumed: dict) -> None:
+    """A resumed run reports the compiles and compile time of both processes."""
+    counter.compile_s += resumed.get("compile_s", 0.0)
+    counter.compiles = len(set(resumed.get("compiled", [])) | compiled_names(counter))
+
+
 @dataclass
 class FitResult:
     selected_state: object
@@ -170,11 +213,8 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
     perm = None
     start, store, resumed = 0, None, {}
     if state_dir is not None:
-        from ev3.checkpoint import ResumeStore, fingerprint
-
         checkpoint_every = spec.train.get("checkpoint_every", eval_every)
-        identity = {**vars(spec), "train": {k: v for k, v in spec.train.items() if k != "checkpoint_every"}}
-        store = ResumeStore(state_dir, fingerprint(identity, teacher), log=log)
+        store = resume_store(spec, teacher, state_dir, log)
         restored = store.restore({"state": state, "best": state})
         if restored is not None:
             start, trees, resumed = restored
@@ -228,35 +268,22 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
                     "selection_flops": selection_flops,
                     "train_s": train_s,
                     "wall_s": time.perf_counter() - t_start,
-                    "compile_s": resumed.get("compile_s", 0.0) + counter.compile_s,
-                    "compiled": sorted(set(resumed.get("compiled", [])) | compiled_names(counter)),
+                    **compile_record(counter, resumed),
                 }
                 store.save(done, {"state": state, "best": best[2]}, meta)
             t_loop = time.perf_counter()
-    if store is not None:  # a resumed run reports the compiles and compile time of both processes
+    if store is not None:
         store.close()
-        counter.compile_s += resumed.get("compile_s", 0.0)
-        counter.compiles = len(set(resumed.get("compiled", [])) | compiled_names(counter))
+        merge_compiles(counter, resumed)
 
     teacher_forwards = steps * method.TEACHER_FORWARDS_PER_STEP
     teacher_backwards = steps * method.TEACHER_BACKWARDS_PER_STEP
     flops_teacher = teacher_fwd_flops * (teacher_forwards + 2 * teacher_backwards)
-    flops_student = step_flops * steps - flops_teacher
-    memory = jax.devices()[0].memory_stats() or {}
-    compute = {
-        "student_steps": steps,
-        "teacher_forwards": teacher_forwards,
-        "teacher_backwards": teacher_backwards,
-        "flops_student": flops_student,
-        "flops_teacher": flops_teacher,
-        "flops_selection": selection_flops,
-        "flops": flops_student + flops_teacher + selection_flops,
-        "wall_s": time.perf_counter() - t_start,
-        "compile_s": counter.compile_s,
-        "compiles": counter.compiles,
-        "steps_per_s": steps / train_s if train_s > 0 else None,
-        "peak_memory_bytes": memory.get("peak_bytes_in_use"),
-    }
+    compute = compute_counters(
+        counter, student_steps=steps, teacher_forwards=teacher_forwards, teacher_backwards=teacher_backwards,
+        flops_student=step_flops * steps - flops_teacher, flops_teacher=flops_teacher, flops_selection=selection_flops,
+        wall_s=time.perf_counter() - t_start, train_s=train_s,
+    )
     return FitResult(best[2], state, best[0], history, compute, tracked)
 
 

@@ -1,6 +1,9 @@
 """EV3 as a benchmark method: budget accounting, safety of the gate, growth in the loop, determinism."""
 
+import os
+
 import jax
+import numpy as np
 import pytest
 
 from ev3 import methods, models
@@ -95,3 +98,39 @@ def test_ev3_options_are_validated(smoke_config):
     smoke_config["methods"]["ev3-bad"] = bad
     with pytest.raises(ConfigError, match="^methods/ev3-bad/optimizers/0/momentum:"):
         validate(smoke_config)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result_across_growth(smoke_config, data_dir, mnist1d, teacher, tmp_path):
+    """Stopped after iteration 5's evaluation (before its checkpoint), after the student grew at iteration 1: the
+    rerun rebuilds the grown student from the checkpoint of iteration 4 and ends bit-identical (params,
+    decisions, history, compute counters) to an uninterrupted run."""
+    spec = _spec(smoke_config, data_dir, iterations=7, growth={"patience": 1, "max_size": 4},
+                 objectives=[{"metric": "accuracy", "margin": 0.0}], confidence=0.999999)
+    ev3 = methods.get("ev3")
+    reference = fit(ev3, spec, mnist1d, teacher, log=NOLOG)
+    assert ev3.summary(reference)["growth_events"][0]["iteration"] <= 1
+
+    def interrupt(line):
+        if "iteration 5/7" in line:
+            raise Interrupt
+
+    state = tmp_path / "state"
+    with pytest.raises(Interrupt):
+        fit(ev3, spec, mnist1d, teacher, log=interrupt, state_dir=str(state))
+    assert sorted(int(n) for n in os.listdir(state) if n.isdigit()) == [120, 160]  # 40 student steps per iteration
+    logs = []
+    result = fit(ev3, spec, mnist1d, teacher, log=logs.append, state_dir=str(state))
+    assert f"[ev3 seed0] resumed from step 160 ({state})" in logs
+
+    la, lb = jax.tree.leaves(result.selected_state.student.params), jax.tree.leaves(reference.selected_state.student.params)
+    assert len(la) == len(lb) > 0 and all(np.array_equal(x, y) for x, y in zip(la, lb))
+    ev_a, ev_b = ev3.summary(result), ev3.summary(reference)
+    assert ev_a == ev_b and ev_a["current_arch"]["depth"] > 2
+    strip = lambda h: [{k: v for k, v in e.items() if k != "wall_s"} for e in h]  # noqa: E731
+    assert strip(result.history) == strip(reference.history)
+    drop = lambda c: {k: v for k, v in c.items() if k not in ("wall_s", "compile_s", "steps_per_s")}  # noqa: E731
+    assert drop(result.compute) == drop(reference.compute)

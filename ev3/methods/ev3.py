@@ -39,9 +39,12 @@ from ev3.models.growth import grow, size
 from ev3.protocol import assess
 from ev3.protocol.adapt import adapt
 from ev3.protocol.explore import ADAM, SGD, explore, hparams, init_family
-from ev3.protocol.state import concat, init_state
+from ev3.protocol.state import EV3State, concat, init_state
 from ev3.rng import seed_key, stream
-from ev3.train import Counter, FitResult, NonFiniteError, accuracy, frozen_logits, predict
+from ev3.train import (
+    Counter, FitResult, NonFiniteError, accuracy, compile_record, compute_counters, frozen_logits, merge_compiles,
+    predict, resume_store,
+)
 
 FAMILIES = {"adam": ADAM, "sgd": SGD}
 
@@ -92,7 +95,14 @@ def _finite(scores: dict) -> bool:
 
 
 def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
-    """Run EV3 per ``spec.options``; returns the shared loop's :class:`FitResult` (stable checkpoint selected)."""
+    """Run EV3 per ``spec.options``; returns the shared loop's :class:`FitResult` (stable checkpoint selected).
+
+    ``state_dir``: checkpoint there at evaluations every ``train.checkpoint_every`` student steps (default:
+    every evaluation) and at the end, and resume from the newest usable checkpoint. A checkpoint holds the
+    current and stable parameters, every candidate's optimizer state, both architectures' configs (a grown
+    student is rebuilt from its config), the stall count and the loop's bookkeeping (decisions, history,
+    trajectory, growth events, FLOPs, timings). Batches and assess subsets are functions of the iteration
+    number, so a resumed run ends as an uninterrupted one would."""
     t_start = time.perf_counter()
     o = spec.options
     key = seed_key(spec.seed)
@@ -126,6 +136,36 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
     order_key, assess_key = stream(key, "batch_order"), stream(key, "assess")
     student_steps, next_eval, train_s = 0, spec.train["eval_every"], 0.0
     last_losses = None
+    start, store, resumed = 0, None, {}
+    if state_dir is not None:
+        checkpoint_every = spec.train.get("checkpoint_every", spec.train["eval_every"])
+        store = resume_store(spec, teacher, state_dir, log)
+        built: dict = {}
+
+        def arch_like(config):
+            """An :class:`_Arch` and a parameter pytree shaped like ``config``'s model (one per config)."""
+            name = _arch_name(config)
+            if name not in built:
+                net = models.build(config, data.input_shape, data.num_classes, jax.random.key(0))
+                built[name] = (_Arch(config, net.graphdef, net.rest), net.params)
+            return built[name]
+
+        def likes(meta):
+            params = arch_like(meta["arch"])[1]
+            return {"params": params, "opt_states": init_opt_states(params), "stable_params": arch_like(meta["stable_arch"])[1]}
+
+        restored = store.restore(likes)
+        if restored is not None:
+            student_steps, trees, resumed = restored
+            arch, stable_arch = arch_like(resumed["arch"])[0], arch_like(resumed["stable_arch"])[0]
+            state = EV3State(trees["params"], trees["opt_states"], trees["stable_params"], resumed["state_iteration"], resumed["stall_count"])
+            start, next_eval, train_s = resumed["iteration"], resumed["next_eval"], resumed["train_s"]
+            flops, history, trajectory = resumed["flops"], resumed["history"], resumed["trajectory"]
+            decisions, growth_events = resumed["decisions"], resumed["growth_events"]
+            last_losses = np.array([np.nan if x is None else x for x in resumed["last_losses"]])
+            t_start -= resumed["wall_s"]
+            log(f"[{spec.method} seed{spec.seed}] resumed from step {student_steps} ({state_dir})")
+    last_checkpoint = student_steps
 
     def score(a: _Arch, params, x, y, t, batched):
         fn = a.fn(f"score{batched}", lambda: partial(assess._score, a.apply, metrics=tuple(assess.METRICS[m] for m in metric_names), batched=batched))
@@ -145,7 +185,7 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
         return (xb.reshape(L, B, *xb.shape[1:]), yb.reshape(L, B), teacher(xb).reshape(L, B, -1),
                 x_assess[a_idx], y_assess[a_idx], teacher_assess_all[a_idx])
 
-    for it in range(o["iterations"]):
+    for it in range(start, o["iterations"]):
         t_iter = time.perf_counter()
         draw_c, f_t = counter.compile("draw", draw, teacher, np.int32(it))
         xb, yb, teacher_logits, xa, ya, ta = draw_c(teacher, np.int32(it))
@@ -216,23 +256,29 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
                 f"stable val {history[-1]['val_accuracy']:.4f} current val {trajectory[-1]['current_val_accuracy']:.4f}")
             while next_eval <= student_steps:
                 next_eval += spec.train["eval_every"]
+            if store is not None and (student_steps // checkpoint_every > last_checkpoint // checkpoint_every or done):
+                meta = {
+                    "iteration": it + 1, "state_iteration": state.iteration, "stall_count": state.stall_count,
+                    "arch": arch.config, "stable_arch": stable_arch.config, "next_eval": next_eval,
+                    "train_s": train_s, "wall_s": time.perf_counter() - t_start, "flops": flops,
+                    "history": history, "trajectory": trajectory, "decisions": _json_safe(decisions),
+                    "growth_events": growth_events, "last_losses": _json_safe(list(last_losses)),
+                    **compile_record(counter, resumed),
+                }
+                trees = {"params": state.params, "opt_states": state.opt_states, "stable_params": state.stable_params}
+                store.save(student_steps, trees, meta)
+                last_checkpoint = student_steps
+    if store is not None:
+        store.close()
+    merge_compiles(counter, resumed)  # compiles counted by name, as across a resume
 
     stable = SupervisedState(Student(stable_arch.graphdef, None, state.stable_params, stable_arch.rest, None), None, {})
     accepted = sum(d["accepted"] for d in decisions)
-    compute = {
-        "student_steps": student_steps,
-        "teacher_forwards": o["iterations"] * L,
-        "teacher_backwards": 0,
-        "flops_student": flops["student"],
-        "flops_teacher": flops["teacher"],
-        "flops_selection": flops["selection"],
-        "flops": sum(flops.values()),
-        "wall_s": time.perf_counter() - t_start,
-        "compile_s": counter.compile_s,
-        "compiles": counter.compiles,
-        "steps_per_s": student_steps / train_s if train_s > 0 else None,
-        "peak_memory_bytes": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"),
-    }
+    compute = compute_counters(
+        counter, student_steps=student_steps, teacher_forwards=o["iterations"] * L, teacher_backwards=0,
+        flops_student=flops["student"], flops_teacher=flops["teacher"], flops_selection=flops["selection"],
+        wall_s=time.perf_counter() - t_start, train_s=train_s,
+    )
     summary = {
         "candidates": [{"family": f, "loss": l, "optimizer": h} for f, l, h in candidates],
         "objectives": [{"metric": n, "higher_is_better": h, "margin": m} for n, h, m in objectives],
