@@ -1,9 +1,11 @@
 """``python -m ev3 <command>``: what the workflow rules call; also usable without Snakemake.
 
-Commands: ``prepare-data NAME --data-dir DIR``; ``train RUN_JSON --out DIR [--state-dir DIR] [--threads N]``;
-``aggregate RESULTS_ROOT``; ``validate CONFIG``.
+Commands: ``prepare-data NAME --data-dir DIR``; ``train RUN_JSON --out DIR [--state-dir DIR] [--threads N]
+[--compile-cache DIR]``; ``aggregate RESULTS_ROOT``; ``validate CONFIG``.
 ``--threads`` limits XLA's CPU threads; it is applied before JAX is imported. ``--state-dir`` holds the run's
 resume state: an interrupted run rerun with the same command resumes from its last checkpoint there.
+``--compile-cache`` is JAX's persistent compilation cache: runs that differ only in seeds or values (same
+shapes, same code) load each other's compiled kernels instead of compiling again.
 Errors in the user's input (config, missing files, teacher or dataset, divergence) print one ``error:`` line
 and exit with status 1.
 """
@@ -22,6 +24,17 @@ def limit_threads(threads: int) -> None:
     if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
         flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def use_compile_cache(path: str) -> None:
+    """JAX's persistent compilation cache in ``path``, for every compiled call (JAX's default skips calls that
+    compile in under a second, which here is most of them). Concurrent jobs may share it: JAX writes an entry
+    once and treats an unreadable one as a miss."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _user_error(e: Exception) -> bool:
@@ -44,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True)
     train.add_argument("--threads", type=int, default=0, help="XLA CPU threads (0: XLA's default)")
     train.add_argument("--state-dir", default=None, help="checkpoint here and resume from here (removed when done)")
+    train.add_argument("--compile-cache", default=None, help="JAX persistent compilation cache directory (shared by runs)")
     agg = sub.add_parser("aggregate", help="metrics.json files → tables and figures")
     agg.add_argument("root", help="results/<benchmark>")
     val = sub.add_parser("validate", help="validate a benchmark config file")
@@ -66,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             from ev3.config import RunSpec
             from ev3.run import run
 
+            if args.compile_cache:
+                use_compile_cache(args.compile_cache)
             run(RunSpec.from_dict(io.read_json(args.run_json)), args.out, state_dir=args.state_dir)
         elif args.command == "aggregate":
             from ev3.report.aggregate import aggregate

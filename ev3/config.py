@@ -8,6 +8,7 @@ plus cross-references the schema cannot express (students/teacher name models). 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,25 @@ def validate(config: dict) -> dict:
                 f"{prefix}/checkpoint_every: {every} is not a multiple of {prefix}/eval_every ({train['eval_every']}); "
                 "checkpoints are taken at evaluations"
             )
+    if config.get("budget"):
+        for name, method in config["methods"].items():
+            share = budget_share(method)
+            if config["budget"]["student_steps"] < share:
+                raise ConfigError(
+                    f"budget/student_steps: {config['budget']['student_steps']} is less than one unit of "
+                    f"methods/{name} ({share} student steps)"
+                )
     return config
+
+
+def budget_share(method: dict) -> int:
+    """Student steps of one unit of a method's budget: a step of every tuned member, an EV3 iteration (K·L),
+    one step otherwise."""
+    if method["type"] == "tuned":
+        return math.prod(len(v) for v in method["space"].values())
+    if method["type"] == "ev3":
+        return len(method["losses"]) * len(method["optimizers"]) * method["steps_per_candidate"]
+    return 1
 
 
 @dataclass(frozen=True)
@@ -144,7 +163,14 @@ def teacher_run(config: dict, dataset: str) -> dict:
 def student_run(config: dict, dataset: str, student: str, method: str, seed: int) -> dict:
     if method not in config["methods"]:
         raise ConfigError(f"methods/{method}: not defined in config")
-    options = dict(config["methods"][method])
+    options = copy.deepcopy(config["methods"][method])
+    train = copy.deepcopy(config["train"])
+    if config.get("budget"):  # equal student steps for every method
+        units = config["budget"]["student_steps"] // budget_share(options)
+        if options["type"] == "ev3":
+            options["iterations"] = units
+        else:
+            train["steps"] = units
     return {
         **_common(config, dataset),
         "role": "student",
@@ -153,7 +179,7 @@ def student_run(config: dict, dataset: str, student: str, method: str, seed: int
         "options": options,
         "model_name": student,
         "model": dict(config["models"][student]),
-        "train": copy.deepcopy(config["train"]),
+        "train": train,
         "seed": int(seed),
         "teacher_dir": teacher_dir(config, dataset),
     }

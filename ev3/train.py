@@ -16,6 +16,11 @@ Conventions
 - Tracking: a method may define ``track(state, data, counter, initial_teacher) -> dict``; it is called at every evaluation
   and the entries (with ``student_steps``) are returned as ``FitResult.tracked`` (e.g. MetaDistil's teacher).
 - Selection: the state with the best ``val`` accuracy (earliest on ties) is the reported model.
+- Populations: a method with ``population_size(spec)`` (``tuned``) trains several members in one step and
+  its ``evaluate`` returns logits (members, N, C). Selection runs over (member, evaluation), ``select(state,
+  k)`` keeps member ``k``; every member's steps count as student steps; each evaluation's per-member ``val``
+  accuracies are tracked (``val_accuracy_per_member``). Its teacher passes per step come from
+  ``teacher_passes(spec)``.
 - Resume: with ``state_dir``, the loop checkpoints (``ev3.checkpoint.ResumeStore``, orbax) at evaluations every
   ``train.checkpoint_every`` steps (default: every evaluation) and at the end: the method state, the selected
   state, the step and the loop's bookkeeping (history, tracking, best val accuracy/step, selection FLOPs,
@@ -94,9 +99,9 @@ def predict(counter: Counter, evaluate, state, x: jax.Array) -> tuple[jax.Array,
         if pad:
             xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
         compiled, f = counter.compile("evaluate", evaluate, state, xb)
-        pieces.append(compiled(state, xb)[: chunk - pad])
+        pieces.append(compiled(state, xb)[..., : chunk - pad, :])  # a population's logits: (members, N, C)
         flops += f
-    return jnp.concatenate(pieces), flops
+    return jnp.concatenate(pieces, axis=-2), flops
 
 
 def frozen_logits(model, x: jax.Array) -> jax.Array:
@@ -106,6 +111,11 @@ def frozen_logits(model, x: jax.Array) -> jax.Array:
 
 def accuracy(logits, labels) -> float:
     return float(jnp.mean(jnp.argmax(logits, -1) == labels))
+
+
+def member_accuracy(logits, labels) -> np.ndarray:
+    """Accuracy of each member of a population's logits (members, N, C)."""
+    return np.asarray(jnp.mean(jnp.argmax(logits, -1) == labels, axis=-1), np.float64)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -179,6 +189,11 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
     # The step donates its state: copy it once, so arrays the state shares with the caller (the teacher,
     # data splits) stay alive.
     state = jax.tree.map(jnp.copy, method.init(spec, data, teacher, init_key))
+    members = method.population_size(spec) if hasattr(method, "population_size") else None
+    forwards, backwards = (
+        method.teacher_passes(spec) if hasattr(method, "teacher_passes")
+        else (method.TEACHER_FORWARDS_PER_STEP, method.TEACHER_BACKWARDS_PER_STEP)
+    )
 
     x_all, y_all = data.splits["train"]
     x_val, y_val = data.splits["val"]
@@ -189,22 +204,24 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
     if per_epoch < 1:
         raise ValueError(f"train/batch_size={batch_size} exceeds the {n} training examples")
 
-    def loop_step(state, loss_sum, perm, j, i):
+    def loop_step(state, loss_sum, perm, step_key, j, i):  # keys are arguments, never constants: other seeds reuse the kernel
         idx = jax.lax.dynamic_slice_in_dim(perm, j * batch_size, batch_size)
         state, logs = method.step(state, (x_all[idx], y_all[idx]), jax.random.fold_in(step_key, i))
         return state, loss_sum + logs["loss"]
 
-    def permutation(epoch):
-        return jax.random.permutation(jax.random.fold_in(order_key, epoch), n)
+    def permutation(key, epoch):  # the key is an argument, so runs with other seeds reuse the compiled kernel
+        return jax.random.permutation(jax.random.fold_in(key, epoch), n)
 
     counter = Counter()
     zero = jnp.float32(0.0)
     i32 = np.int32
-    step_c, step_flops = counter.compile("step", loop_step, state, zero, permutation(0), i32(0), i32(0), donate_argnums=(0,))
-    perm_c, _ = counter.compile("permutation", permutation, i32(0))
+    step_c, step_flops = counter.compile(
+        "step", loop_step, state, zero, permutation(order_key, 0), step_key, i32(0), i32(0), donate_argnums=(0,)
+    )
+    perm_c, _ = counter.compile("permutation", permutation, order_key, i32(0))
     finite_c, _ = counter.compile("all_finite", _all_finite, state)
     teacher_fwd_flops = 0.0
-    if teacher is not None and (method.TEACHER_FORWARDS_PER_STEP or method.TEACHER_BACKWARDS_PER_STEP):
+    if teacher is not None and (forwards or backwards):
         _, teacher_fwd_flops = counter.compile("teacher_forward", frozen_logits, teacher, x_all[:batch_size])
 
     history, tracked, selection_flops = [], [], 0.0
@@ -215,11 +232,11 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
     if state_dir is not None:
         checkpoint_every = spec.train.get("checkpoint_every", eval_every)
         store = resume_store(spec, teacher, state_dir, log)
-        restored = store.restore({"state": state, "best": state})
+        restored = store.restore({"state": state, "best": method.select(state, 0) if members else state})
         if restored is not None:
             start, trees, resumed = restored
             state, history, tracked = trees["state"], resumed["history"], resumed["tracked"]
-            best = (resumed["best_val_accuracy"], resumed["best_step"], trees["best"])
+            best = (resumed["best_val_accuracy"], resumed["best_step"], trees["best"], resumed.get("best_member"))
             selection_flops, train_s = resumed["selection_flops"], resumed["train_s"]
             t_start -= resumed["wall_s"]  # the wall time before the interruption counts too
             log(f"[{spec.method} seed{spec.seed}] resumed from step {start} ({state_dir})")
@@ -227,8 +244,8 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
     for i in range(start, steps):
         epoch, j = divmod(i, per_epoch)
         if j == 0 or perm is None:
-            perm = perm_c(i32(epoch))
-        state, loss_sum = step_c(state, loss_sum, perm, i32(j), i32(i))
+            perm = perm_c(order_key, i32(epoch))
+        state, loss_sum = step_c(state, loss_sum, perm, step_key, i32(j), i32(i))
         since_eval += 1
         done = i + 1
         if done % eval_every == 0 or done == steps:
@@ -241,11 +258,17 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
             val_logits, f = predict(counter, method.evaluate, state, x_val)
             selection_flops += f
             test_logits, _ = predict(counter, method.evaluate, state, x_test)
+            k = None
+            if members:  # the best member now; val only
+                per_member = member_accuracy(val_logits, y_val)
+                k = int(np.argmax(per_member))
+                tracked.append({"student_steps": done * members, "val_accuracy_per_member": per_member.tolist()})
+                val_logits, test_logits = val_logits[k], test_logits[k]
             val_acc = accuracy(val_logits, y_val)
             flops_so_far = step_flops * done + selection_flops
             history.append(
                 {
-                    "student_steps": done,
+                    "student_steps": done * (members or 1),
                     "flops": flops_so_far,
                     "wall_s": time.perf_counter() - t_start,
                     "train_loss": train_loss,
@@ -255,7 +278,7 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
             )
             log(f"[{spec.method} seed{spec.seed}] step {done}/{steps} loss {train_loss:.4f} val {val_acc:.4f}")
             if best is None or val_acc > best[0]:
-                best = (val_acc, done, jax.tree.map(jnp.copy, state))
+                best = (val_acc, done, jax.tree.map(jnp.copy, state if k is None else method.select(state, k)), k)
             if hasattr(method, "track"):
                 tracked.append({"student_steps": done, **method.track(state, data, counter, teacher)})
             loss_sum, since_eval = zero, 0
@@ -265,6 +288,7 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
                     "tracked": tracked,
                     "best_val_accuracy": best[0],
                     "best_step": best[1],
+                    "best_member": best[3],
                     "selection_flops": selection_flops,
                     "train_s": train_s,
                     "wall_s": time.perf_counter() - t_start,
@@ -276,15 +300,15 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
         store.close()
         merge_compiles(counter, resumed)
 
-    teacher_forwards = steps * method.TEACHER_FORWARDS_PER_STEP
-    teacher_backwards = steps * method.TEACHER_BACKWARDS_PER_STEP
+    teacher_forwards, teacher_backwards = steps * forwards, steps * backwards
     flops_teacher = teacher_fwd_flops * (teacher_forwards + 2 * teacher_backwards)
     compute = compute_counters(
-        counter, student_steps=steps, teacher_forwards=teacher_forwards, teacher_backwards=teacher_backwards,
+        counter, student_steps=steps * (members or 1), teacher_forwards=teacher_forwards, teacher_backwards=teacher_backwards,
         flops_student=step_flops * steps - flops_teacher, flops_teacher=flops_teacher, flops_selection=selection_flops,
         wall_s=time.perf_counter() - t_start, train_s=train_s,
     )
-    return FitResult(best[2], state, best[0], history, compute, tracked)
+    final = state if not members else method.select(state, best[3])  # the selected member's final state
+    return FitResult(best[2], final, best[0], history, compute, tracked)
 
 
 def test_report(method, result: FitResult, data, teacher_test_logits) -> tuple[dict, dict]:
@@ -293,6 +317,8 @@ def test_report(method, result: FitResult, data, teacher_test_logits) -> tuple[d
     x_test, y_test = data.splits["test"]
     logits, _ = predict(counter, method.evaluate, result.selected_state, x_test)
     final_logits, _ = predict(counter, method.evaluate, result.final_state, x_test)
+    if logits.ndim == 3:  # a population of one (the selected member)
+        logits, final_logits = logits[0], final_logits[0]
     pred = jnp.argmax(logits, -1)
     metrics = {
         "test_accuracy": accuracy(logits, y_test),

@@ -1,6 +1,7 @@
 """Reliability, proven by injected faults: kill -9 and resume (CLI and Snakemake), corrupt or incomplete
 checkpoints, determinism, bad input, NaN/Inf, and the network guard the whole suite runs under."""
 
+import copy
 import glob
 import json
 import os
@@ -304,6 +305,28 @@ def test_same_config_and_seed_give_identical_outputs_with_or_without_checkpoints
     assert without_timing(a) == without_timing(b)
     assert_same_arrays(dict(np.load(tmp_path / "a" / "predictions.npz")), dict(np.load(tmp_path / "b" / "predictions.npz")))
     assert not (tmp_path / "state").exists()
+
+
+def test_the_compile_cache_is_shared_across_seeds_and_changes_no_result(tmp_path, smoke_config, data_dir):
+    """Seed 1 after seed 0 adds no cache entry (every kernel is loaded, none compiled again), and its outputs
+    equal those of seed 1 run without the cache."""
+    cache = tmp_path / "cache"
+    entries = lambda: sorted(p.name for p in cache.iterdir())  # noqa: E731
+    outs = {}
+    for name, seed, use_cache in (("s0", 0, True), ("s1", 1, True), ("s1-uncached", 1, False)):
+        d = teacher_spec_dict(copy.deepcopy(smoke_config), data_dir, steps=60, eval_every=30)
+        d["seed"] = seed
+        (tmp_path / f"{name}.json").write_text(json.dumps(d))
+        cmd = [sys.executable, "-m", "ev3", "train", str(tmp_path / f"{name}.json"), "--out", str(tmp_path / name), "--threads", "1"]
+        proc = subprocess.run(cmd + (["--compile-cache", str(cache)] if use_cache else []), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        outs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+        if name == "s0":
+            after_seed0 = entries()
+            assert len(after_seed0) >= outs["s0"]["compute"]["compiles"]  # every compiled call, however fast
+    assert entries() == after_seed0
+    assert without_timing(outs["s1"]) == without_timing(outs["s1-uncached"]) != without_timing(outs["s0"])
+    assert_same_arrays(dict(np.load(tmp_path / "s1" / "predictions.npz")), dict(np.load(tmp_path / "s1-uncached" / "predictions.npz")))
 
 
 # --- 4. NaN/Inf ----------------------------------------------------------------------------------------------------

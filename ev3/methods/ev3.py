@@ -18,8 +18,9 @@ Each iteration, from the current student:
 
 EV3 is host-driven (statistical tests, architecture changes), so it runs its own loop with the shared loop's
 conventions: the budget is ``iterations``; every candidate step counts as a student step (K·L per iteration);
-evaluations on ``val``/``test`` follow ``train.eval_every`` student steps and report the **stable** checkpoint,
-which is the model reported as ``test_accuracy`` (no selection on ``val``). FLOPs: explore = XLA cost of the
+evaluations on ``val``/``test`` follow ``train.eval_every`` student steps and measure the **stable** checkpoint;
+the reported model is the evaluated stable checkpoint with the best ``val`` accuracy (earliest on ties), the
+same selection rule as every other method's. FLOPs: explore = XLA cost of the
 vmapped step × L (a scan's cost analysis counts its body once); teacher forwards on the L train batches are
 teacher FLOPs; assess and decide forwards are selection FLOPs.
 """
@@ -137,6 +138,7 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
     student_steps, next_eval, train_s = 0, spec.train["eval_every"], 0.0
     last_losses = None
     start, store, resumed = 0, None, {}
+    best = None  # (val accuracy, _Arch, stable params) of the selected evaluation
     if state_dir is not None:
         checkpoint_every = spec.train.get("checkpoint_every", spec.train["eval_every"])
         store = resume_store(spec, teacher, state_dir, log)
@@ -152,7 +154,8 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
 
         def likes(meta):
             params = arch_like(meta["arch"])[1]
-            return {"params": params, "opt_states": init_opt_states(params), "stable_params": arch_like(meta["stable_arch"])[1]}
+            return {"params": params, "opt_states": init_opt_states(params), "stable_params": arch_like(meta["stable_arch"])[1],
+                    "best_params": arch_like(meta["best_arch"])[1]}
 
         restored = store.restore(likes)
         if restored is not None:
@@ -162,6 +165,7 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
             start, next_eval, train_s = resumed["iteration"], resumed["next_eval"], resumed["train_s"]
             flops, history, trajectory = resumed["flops"], resumed["history"], resumed["trajectory"]
             decisions, growth_events = resumed["decisions"], resumed["growth_events"]
+            best = (resumed["best_val_accuracy"], arch_like(resumed["best_arch"])[0], trees["best_params"])
             last_losses = np.array([np.nan if x is None else x for x in resumed["last_losses"]])
             t_start -= resumed["wall_s"]
             log(f"[{spec.method} seed{spec.seed}] resumed from step {student_steps} ({state_dir})")
@@ -177,7 +181,7 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
         logits, f = predict(counter, a.fn("evaluate", lambda: lambda p, x: a.apply(p, x)), params, x)
         return logits, f
 
-    def draw(teacher, it):
+    def draw(teacher, order_key, assess_key, it):  # keys are arguments: other seeds reuse the compiled kernel
         """This round's L train batches with their teacher logits, and a fresh subset of the assess half."""
         idx = jax.random.randint(jax.random.fold_in(order_key, it), (L * B,), 0, x_train.shape[0])
         xb, yb = x_train[idx], y_train[idx]
@@ -187,8 +191,9 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
 
     for it in range(start, o["iterations"]):
         t_iter = time.perf_counter()
-        draw_c, f_t = counter.compile("draw", draw, teacher, np.int32(it))
-        xb, yb, teacher_logits, xa, ya, ta = draw_c(teacher, np.int32(it))
+        draw_args = (teacher, order_key, assess_key, np.int32(it))
+        draw_c, f_t = counter.compile("draw", draw, *draw_args)
+        xb, yb, teacher_logits, xa, ya, ta = draw_c(*draw_args)
         flops["teacher"] += f_t
 
         family_params, new_opt_states, losses = [], {}, np.zeros(K)
@@ -249,6 +254,8 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
             history.append({"student_steps": student_steps, "flops": total, "wall_s": time.perf_counter() - t_start,
                             "train_loss": _min_finite(losses), "val_accuracy": accuracy(val_logits, y_val),
                             "test_accuracy": accuracy(test_logits, y_test)})
+            if best is None or history[-1]["val_accuracy"] > best[0]:
+                best = (history[-1]["val_accuracy"], stable_arch, state.stable_params)
             trajectory.append({"iteration": it, "student_steps": student_steps, "flops": total,
                                "stable_val_accuracy": history[-1]["val_accuracy"], "current_val_accuracy": accuracy(cur_val, y_val),
                                "stable_test_accuracy": history[-1]["test_accuracy"]})
@@ -260,19 +267,23 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
                 meta = {
                     "iteration": it + 1, "state_iteration": state.iteration, "stall_count": state.stall_count,
                     "arch": arch.config, "stable_arch": stable_arch.config, "next_eval": next_eval,
+                    "best_arch": best[1].config, "best_val_accuracy": best[0],
                     "train_s": train_s, "wall_s": time.perf_counter() - t_start, "flops": flops,
                     "history": history, "trajectory": trajectory, "decisions": _json_safe(decisions),
                     "growth_events": growth_events, "last_losses": _json_safe(list(last_losses)),
                     **compile_record(counter, resumed),
                 }
-                trees = {"params": state.params, "opt_states": state.opt_states, "stable_params": state.stable_params}
+                trees = {"params": state.params, "opt_states": state.opt_states, "stable_params": state.stable_params,
+                         "best_params": best[2]}
                 store.save(student_steps, trees, meta)
                 last_checkpoint = student_steps
     if store is not None:
         store.close()
     merge_compiles(counter, resumed)  # compiles counted by name, as across a resume
 
-    stable = SupervisedState(Student(stable_arch.graphdef, None, state.stable_params, stable_arch.rest, None), None, {})
+    def as_state(a: _Arch, params):
+        return SupervisedState(Student(a.graphdef, None, params, a.rest, None), None, {})
+
     accepted = sum(d["accepted"] for d in decisions)
     compute = compute_counters(
         counter, student_steps=student_steps, teacher_forwards=o["iterations"] * L, teacher_backwards=0,
@@ -290,11 +301,13 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
         "growth_events": growth_events,
         "final_arch": stable_arch.config,
         "final_params": models.param_count(state.stable_params),
+        "selected_arch": best[1].config,
+        "selected_params": models.param_count(best[2]),
         "current_arch": arch.config,
         "trajectory": trajectory,
         "mean_candidate_losses_last": [float(x) for x in last_losses],
     }
-    return FitResult(stable, stable, history[-1]["val_accuracy"], history, compute, [summary])
+    return FitResult(as_state(best[1], best[2]), as_state(stable_arch, state.stable_params), best[0], history, compute, [summary])
 
 
 def _min_finite(losses: np.ndarray) -> float | None:

@@ -11,6 +11,11 @@ def student_metrics(wildcards=None):
     ]
 
 
+# JAX's persistent compilation cache, shared by the training jobs: seeds and methods with the same shapes and
+# code load each other's compiled kernels. Not an output; deleting it only costs compile time.
+COMPILE_CACHE = f"{R}/compile_cache"
+
+
 def state_dir(run_dir, wildcards):
     """Resume state of a training run: results/<benchmark>/state/<run path relative to results/<benchmark>>.
     Not a declared output, so it survives an interrupted job (the rerun resumes from it); the job removes it

@@ -34,4 +34,4 @@ rule train_student:
         "../../environment.yml"
     shell:
         "python -m ev3 train {input.run} --out $(dirname {output.metrics}) --state-dir {params.state}"
-        + " --threads {threads} > {log} 2>&1"
+        + f" --threads {{threads}} --compile-cache {COMPILE_CACHE} > {{log}} 2>&1"
