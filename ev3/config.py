@@ -8,6 +8,7 @@ plus cross-references the schema cannot express (students/teacher name models). 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ def validate(config: dict) -> dict:
                 f"{prefix}/checkpoint_every: {every} is not a multiple of {prefix}/eval_every ({train['eval_every']}); "
                 "checkpoints are taken at evaluations"
             )
-    if config.get("budget"):
+    if config.get("budget") and "student_steps" in config["budget"]:
         for name, method in config["methods"].items():
             share = budget_share(method)
             if config["budget"]["student_steps"] < share:
@@ -103,12 +104,14 @@ class RunSpec:
     teacher_model: dict
     teacher_seed: int
     teacher_dir: str | None  # teacher run directory (holds checkpoint/), None for teacher runs
+    budget: dict | None = None  # {"flops": F}: training FLOPs of the run (ev3.train.apply_flops_budget)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
         fields = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - fields)
-        missing = sorted(fields - set(d))
+        required = {n for n, f in cls.__dataclass_fields__.items() if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(d))
         if unknown or missing:
             raise ConfigError(f"run config: unknown keys {unknown}, missing keys {missing}")
         return cls(**d)
@@ -157,6 +160,7 @@ def teacher_run(config: dict, dataset: str) -> dict:
         "train": copy.deepcopy(t["train"]),
         "seed": t["seed"],
         "teacher_dir": None,
+        "budget": None,
     }
 
 
@@ -165,7 +169,7 @@ def student_run(config: dict, dataset: str, student: str, method: str, seed: int
         raise ConfigError(f"methods/{method}: not defined in config")
     options = copy.deepcopy(config["methods"][method])
     train = copy.deepcopy(config["train"])
-    if config.get("budget"):  # equal student steps for every method
+    if config.get("budget") and "student_steps" in config["budget"]:  # equal student steps for every method
         units = config["budget"]["student_steps"] // budget_share(options)
         if options["type"] == "ev3":
             options["iterations"] = units
@@ -182,6 +186,7 @@ def student_run(config: dict, dataset: str, student: str, method: str, seed: int
         "train": train,
         "seed": int(seed),
         "teacher_dir": teacher_dir(config, dataset),
+        "budget": dict(config["budget"]) if config.get("budget") and "flops" in config["budget"] else None,
     }
 
 

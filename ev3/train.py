@@ -182,6 +182,8 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
     ``state_dir``: checkpoint there and resume from the newest usable checkpoint found there (see Resume)."""
     if hasattr(method, "fit"):  # host-driven methods (EV3) run their own loop with the same conventions
         return method.fit(spec, data, teacher, log=log, state_dir=state_dir)
+    if spec.budget and "flops" in spec.budget:
+        spec = apply_flops_budget(method, spec, data, teacher)
     t_start = time.perf_counter()
     key = seed_key(spec.seed)
     init_key = stream(key, "student_init" if spec.role == "student" else "teacher_init")
@@ -309,6 +311,22 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
     )
     final = state if not members else method.select(state, best[3])  # the selected member's final state
     return FitResult(best[2], final, best[0], history, compute, tracked)
+
+
+def apply_flops_budget(method, spec, data, teacher):
+    """``spec`` with ``train.steps`` = floor(budget FLOPs / training FLOPs of one step) (student + teacher,
+    XLA cost of the method's step on one batch), so the run's training FLOPs land within one step of the
+    budget; selection FLOPs are reported beside. Raises ValueError when the budget is less than one step."""
+    import dataclasses
+
+    state = method.init(spec, data, teacher, jax.random.key(0))
+    x, y = data.splits["train"]
+    batch = (x[: spec.train["batch_size"]], y[: spec.train["batch_size"]])
+    per_step = flops_of(jax.jit(method.step).lower(state, batch, jax.random.key(0)).compile())
+    steps = int(spec.budget["flops"] // per_step)
+    if steps < 1:
+        raise ValueError(f"budget/flops: {spec.budget['flops']:.3g} is less than one step of {spec.method} ({per_step:.3g} FLOPs)")
+    return dataclasses.replace(spec, train={**spec.train, "steps": steps})
 
 
 def test_report(method, result: FitResult, data, teacher_test_logits) -> tuple[dict, dict]:

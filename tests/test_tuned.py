@@ -108,3 +108,24 @@ def test_budget_mode_gives_every_method_the_same_student_steps(smoke_config, dat
     smoke_config["budget"] = {"student_steps": 7}
     with pytest.raises(ConfigError, match=r"^budget/student_steps: 7 is less than one unit of methods/\S+ \(\d+ student steps\)"):
         validate(smoke_config)
+
+
+def test_flops_budget_stops_every_method_at_the_same_training_flops_within_one_step(smoke_config, data_dir, mnist1d, teacher):
+    """Training FLOPs (student + teacher) land within one step (EV3: one round) of the budget, below it."""
+    smoke_config["methods"]["kd-grid"] = {"type": "tuned", "base": "kd", "space": SPACE}
+    smoke_config["budget"] = {"flops": 8e8}
+    smoke_config["methods"]["ev3"]["growth"] = None  # rounds of constant cost (a grown student costs more per round)
+    config = validate(smoke_config)
+    for name in ("scratch", "kd", "kd-grid", "ev3"):  # metadistil resolves its steps like kd
+        spec = RunSpec.from_dict({**student_run(config, "mnist1d", "mlp64", name, 0), "data_dir": data_dir})
+        result = fit(methods.get(spec.method_type), spec, mnist1d, teacher, log=NOLOG)
+        c = result.compute
+        trained = c["flops_student"] + c["flops_teacher"]
+        units = len(methods.get("ev3").summary(result)["decisions"]) if name == "ev3" else c["student_steps"] // (8 if name == "kd-grid" else 1)
+        one = trained / units  # one step's (one round's) training FLOPs
+        assert 8e8 - one <= trained <= 8e8, (name, trained, one)
+        assert units >= 2, name
+    smoke_config["budget"] = {"flops": 10.0}
+    spec = RunSpec.from_dict({**student_run(validate(smoke_config), "mnist1d", "mlp64", "kd", 0), "data_dir": data_dir})
+    with pytest.raises(ValueError, match="^budget/flops: 10 is less than one step of kd"):
+        fit(methods.get("kd"), spec, mnist1d, teacher, log=NOLOG)

@@ -17,7 +17,7 @@ Each iteration, from the current student:
    parameters start with fresh optimizer states.
 
 EV3 is host-driven (statistical tests, architecture changes), so it runs its own loop with the shared loop's
-conventions: the budget is ``iterations``; every candidate step counts as a student step (K·L per iteration);
+conventions: the budget is ``iterations`` (with a FLOPs budget: rounds until the next one would exceed it); every candidate step counts as a student step (K·L per iteration);
 evaluations on ``val``/``test`` follow ``train.eval_every`` student steps and measure the **stable** checkpoint;
 the reported model is the evaluated stable checkpoint with the best ``val`` accuracy (earliest on ties), the
 same selection rule as every other method's. FLOPs: explore = XLA cost of the
@@ -189,8 +189,10 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
         return (xb.reshape(L, B, *xb.shape[1:]), yb.reshape(L, B), teacher(xb).reshape(L, B, -1),
                 x_assess[a_idx], y_assess[a_idx], teacher_assess_all[a_idx])
 
-    for it in range(start, o["iterations"]):
+    budget = spec.budget["flops"] if spec.budget and "flops" in spec.budget else None
+    for it in range(start, o["iterations"] if budget is None else 2**31 - 1):
         t_iter = time.perf_counter()
+        trained_before = flops["student"] + flops["teacher"]
         draw_args = (teacher, order_key, assess_key, np.int32(it))
         draw_c, f_t = counter.compile("draw", draw, *draw_args)
         xb, yb, teacher_logits, xa, ya, ta = draw_c(*draw_args)
@@ -241,7 +243,13 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
             log(f"[{spec.method} seed{spec.seed}] iteration {it}: grew to {growth_events[-1]['to_arch']}")
         train_s += time.perf_counter() - t_iter
 
-        done = it + 1 == o["iterations"]
+        trained = flops["student"] + flops["teacher"]
+        if budget is None:
+            done = it + 1 == o["iterations"]
+        else:  # stop before a round that would exceed the budget (a round costs about what this one did)
+            if it == 0 and trained > budget:
+                raise ValueError(f"budget/flops: {budget:.3g} is less than one round of {spec.method} ({trained:.3g} FLOPs)")
+            done = trained + (trained - trained_before) > budget
         if student_steps >= next_eval or done:
             # Diverged candidates are only rejected; a non-finite current or stable model stops the run.
             if not _finite(dict(enumerate(jax.tree.leaves((state.params, state.stable_params))))):
@@ -277,6 +285,8 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
                          "best_params": best[2]}
                 store.save(student_steps, trees, meta)
                 last_checkpoint = student_steps
+        if done:
+            break
     if store is not None:
         store.close()
     merge_compiles(counter, resumed)  # compiles counted by name, as across a resume
@@ -286,14 +296,14 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
 
     accepted = sum(d["accepted"] for d in decisions)
     compute = compute_counters(
-        counter, student_steps=student_steps, teacher_forwards=o["iterations"] * L, teacher_backwards=0,
+        counter, student_steps=student_steps, teacher_forwards=len(decisions) * L, teacher_backwards=0,
         flops_student=flops["student"], flops_teacher=flops["teacher"], flops_selection=flops["selection"],
         wall_s=time.perf_counter() - t_start, train_s=train_s,
     )
     summary = {
         "candidates": [{"family": f, "loss": l, "optimizer": h} for f, l, h in candidates],
         "objectives": [{"metric": n, "higher_is_better": h, "margin": m} for n, h, m in objectives],
-        "iterations": o["iterations"],
+        "iterations": len(decisions),
         "accepted": accepted,
         "rejected": len(decisions) - accepted,
         "stable_moves": sum(d["stable_moved"] for d in decisions),
