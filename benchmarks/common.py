@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import time
 
 import jax
@@ -24,6 +25,12 @@ def steady_time(fn, *args, warmup: int = 3, repeats: int = 20) -> float:
         times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads): CPU / wall = cores kept busy."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def record(name: str, **values) -> dict:
