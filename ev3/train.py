@@ -30,6 +30,7 @@ Conventions
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -182,7 +183,7 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
     ``state_dir``: checkpoint there and resume from the newest usable checkpoint found there (see Resume)."""
     if hasattr(method, "fit"):  # host-driven methods (EV3) run their own loop with the same conventions
         return method.fit(spec, data, teacher, log=log, state_dir=state_dir)
-    if spec.budget and "flops" in spec.budget:
+    if flops_budget(spec) is not None:
         spec = apply_flops_budget(method, spec, data, teacher)
     t_start = time.perf_counter()
     key = seed_key(spec.seed)
@@ -313,19 +314,22 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
     return FitResult(best[2], final, best[0], history, compute, tracked)
 
 
+def flops_budget(spec) -> float | None:
+    """The run's training-FLOPs budget (config ``budget: {flops: F}``), or None."""
+    return (spec.budget or {}).get("flops")
+
+
 def apply_flops_budget(method, spec, data, teacher):
     """``spec`` with ``train.steps`` = floor(budget FLOPs / training FLOPs of one step) (student + teacher,
     XLA cost of the method's step on one batch), so the run's training FLOPs land within one step of the
     budget; selection FLOPs are reported beside. Raises ValueError when the budget is less than one step."""
-    import dataclasses
-
     state = method.init(spec, data, teacher, jax.random.key(0))
     x, y = data.splits["train"]
     batch = (x[: spec.train["batch_size"]], y[: spec.train["batch_size"]])
     per_step = flops_of(jax.jit(method.step).lower(state, batch, jax.random.key(0)).compile())
-    steps = int(spec.budget["flops"] // per_step)
+    steps = int(flops_budget(spec) // per_step)
     if steps < 1:
-        raise ValueError(f"budget/flops: {spec.budget['flops']:.3g} is less than one step of {spec.method} ({per_step:.3g} FLOPs)")
+        raise ValueError(f"budget/flops: {flops_budget(spec):.3g} is less than one step of {spec.method} ({per_step:.3g} FLOPs)")
     return dataclasses.replace(spec, train={**spec.train, "steps": steps})
 
 

@@ -43,8 +43,8 @@ from ev3.protocol.explore import ADAM, SGD, explore, hparams, init_family
 from ev3.protocol.state import EV3State, concat, init_state
 from ev3.rng import seed_key, stream
 from ev3.train import (
-    Counter, FitResult, NonFiniteError, accuracy, compile_record, compute_counters, frozen_logits, merge_compiles,
-    predict, resume_store,
+    Counter, FitResult, NonFiniteError, accuracy, compile_record, compute_counters, flops_budget, frozen_logits,
+    merge_compiles, predict, resume_store,
 )
 
 FAMILIES = {"adam": ADAM, "sgd": SGD}
@@ -189,7 +189,7 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
         return (xb.reshape(L, B, *xb.shape[1:]), yb.reshape(L, B), teacher(xb).reshape(L, B, -1),
                 x_assess[a_idx], y_assess[a_idx], teacher_assess_all[a_idx])
 
-    budget = spec.budget["flops"] if spec.budget and "flops" in spec.budget else None
+    budget = flops_budget(spec)
     for it in range(start, o["iterations"] if budget is None else 2**31 - 1):
         t_iter = time.perf_counter()
         trained_before = flops["student"] + flops["teacher"]

@@ -20,6 +20,7 @@ FLOPs. A non-finite member stops the run like any non-finite loss.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -31,8 +32,7 @@ from flax import struct
 from ev3 import methods
 from ev3.methods.common import Student
 from ev3.optim import make_optimizer
-
-SPACE_KEYS = {"scratch": ("learning_rate",), "kd": ("temperature", "alpha", "learning_rate")}
+from ev3.protocol.state import stack
 
 
 def grid(options: dict) -> list[dict]:
@@ -68,24 +68,20 @@ class TunedState:
         return jax.tree.map(lambda x: x[0], self.members.student)
 
 
-def _member_spec(spec, member: dict):
-    options = {k: v for k, v in member.items() if k != "learning_rate"}
-    return type(spec)(**{**vars(spec), "method_type": spec.options["base"], "options": options})
-
-
 def init(spec, data, teacher, key) -> TunedState:
     base = methods.get(spec.options["base"])
-    lr_free = {**spec.train, "optimizer": {**spec.train["optimizer"], "learning_rate": 1.0}}
-    tx = optax.chain(make_optimizer(lr_free["optimizer"], spec.train["steps"]), optax.inject_hyperparams(optax.scale)(step_size=1.0))
+    peak_one = {**spec.train["optimizer"], "learning_rate": 1.0}
+    tx = optax.chain(make_optimizer(peak_one, spec.train["steps"]), optax.inject_hyperparams(optax.scale)(step_size=1.0))
+    population = grid(spec.options)
     states = []
-    for member in grid(spec.options):
-        s = base.init(_member_spec(spec, member), data, None, key)  # the same key: every member starts alike
-        lr = member.get("learning_rate", spec.train["optimizer"]["learning_rate"])
+    for member in population:
+        options = {k: v for k, v in member.items() if k != "learning_rate"}
+        member_spec = dataclasses.replace(spec, method_type=spec.options["base"], options=options)
+        s = base.init(member_spec, data, None, key)  # the same key: every member starts alike
         opt_state = tx.init(s.student.params)
-        opt_state = (opt_state[0], opt_state[1]._replace(hyperparams={"step_size": jnp.float32(lr)}))
+        opt_state = (opt_state[0], opt_state[1]._replace(hyperparams={"step_size": jnp.float32(member["learning_rate"])}))
         states.append(s.replace(student=s.student.replace(tx=tx, opt_state=opt_state)))
-    members = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-    return TunedState(members, teacher, spec.options["base"], tuple(tuple(m.items()) for m in grid(spec.options)))
+    return TunedState(stack(states), teacher, spec.options["base"], tuple(tuple(m.items()) for m in population))
 
 
 def step(state: TunedState, batch, key):
