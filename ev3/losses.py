@@ -43,3 +43,35 @@ def hinton_loss(student_logits, teacher_logits, labels, *, temperature, alpha) -
     return alpha * kd_loss(student_logits, teacher_logits, temperature) + (1.0 - alpha) * cross_entropy(
         student_logits, labels
     )
+
+
+def dkd_parts_per_sample(student_logits, teacher_logits, labels, temperature) -> tuple[jax.Array, jax.Array]:
+    """Decoupled KD (Zhao et al. 2022) terms per sample, each with the ``T²`` factor, shapes ``(B,)``:
+
+    - TCKD = ``T² · KL(b_t ‖ b_s)`` over the binary target/non-target split ``b = [p_gt, 1 − p_gt]``;
+    - NCKD = ``T² · KL(p̂_t ‖ p̂_s)`` over the non-target classes, ``p̂ = softmax`` of the non-target logits
+      (the target class masked out), all at temperature ``T``.
+
+    They decompose Hinton KD exactly: ``kd_per_sample = TCKD + (1 − p_t,gt) · NCKD``.
+    """
+    gt = jax.nn.one_hot(labels, student_logits.shape[-1], dtype=bool)
+    t_log_p = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    s_log_p = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+
+    def binary(log_p):  # log [p_gt, 1 − p_gt], the second computed stably as logsumexp over non-targets
+        log_gt = jnp.sum(jnp.where(gt, log_p, 0.0), axis=-1)
+        log_rest = jax.nn.logsumexp(jnp.where(gt, -jnp.inf, log_p), axis=-1)
+        return jnp.stack([log_gt, log_rest], axis=-1)
+
+    bt, bs = binary(t_log_p), binary(s_log_p)
+    tckd = jnp.sum(jnp.exp(bt) * (bt - bs), axis=-1)
+    t_hat = jax.nn.log_softmax(jnp.where(gt, -jnp.inf, teacher_logits / temperature), axis=-1)
+    s_hat = jax.nn.log_softmax(jnp.where(gt, -jnp.inf, student_logits / temperature), axis=-1)
+    nckd = jnp.sum(jnp.where(gt, 0.0, jnp.exp(t_hat) * (t_hat - s_hat)), axis=-1)
+    return temperature**2 * tckd, temperature**2 * nckd
+
+
+def dkd_loss(student_logits, teacher_logits, labels, *, temperature, alpha, beta) -> jax.Array:
+    """DKD distillation term: batch mean of ``α · TCKD + β · NCKD`` (see :func:`dkd_parts_per_sample`)."""
+    tckd, nckd = dkd_parts_per_sample(student_logits, teacher_logits, labels, temperature)
+    return jnp.mean(alpha * tckd + beta * nckd)

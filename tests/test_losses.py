@@ -72,3 +72,39 @@ def test_hinton_loss_mixes_terms():
     mixed = hinton_loss(s, t, y, temperature=2.0, alpha=0.25)
     expected = 0.25 * kd_loss(s, t, 2.0) + 0.75 * cross_entropy(s, y)
     assert float(mixed) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_dkd_parts_match_their_closed_forms_and_decompose_kd():
+    """TCKD/NCKD against a float64 numpy reference, and Zhao et al.'s identity KD = TCKD + (1 − p_t,gt)·NCKD."""
+    from ev3.losses import dkd_loss, dkd_parts_per_sample
+
+    T = 4.0
+    s, t = np.asarray(_logits(7), np.float64), np.asarray(_logits(8), np.float64)
+    y = np.array([0, 1, 2, 3, 4, 2])
+    ps, pt = _softmax(s / T), _softmax(t / T)
+    rows = np.arange(len(y))
+    bs = np.stack([ps[rows, y], 1 - ps[rows, y]], -1)
+    bt = np.stack([pt[rows, y], 1 - pt[rows, y]], -1)
+    tckd = T**2 * np.sum(bt * np.log(bt / bs), -1)
+    mask = np.ones_like(s, bool)
+    mask[rows, y] = False
+    nckd = np.empty(len(y))
+    for i in rows:
+        qs, qt = _softmax(s[i][mask[i]] / T), _softmax(t[i][mask[i]] / T)
+        nckd[i] = T**2 * np.sum(qt * np.log(qt / qs))
+    got_t, got_n = dkd_parts_per_sample(jnp.asarray(s), jnp.asarray(t), jnp.asarray(y), T)
+    np.testing.assert_allclose(got_t, tckd, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got_n, nckd, rtol=1e-4, atol=1e-6)
+    kd = np.asarray(kd_per_sample(jnp.asarray(s), jnp.asarray(t), T))
+    np.testing.assert_allclose(kd, tckd + (1 - pt[rows, y]) * nckd, rtol=1e-4, atol=1e-6)
+    expected = np.mean(1.0 * tckd + 8.0 * nckd)
+    assert float(dkd_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(y), temperature=T, alpha=1.0, beta=8.0)) == pytest.approx(expected, rel=1e-4)
+
+
+def test_dkd_is_zero_for_identical_logits_and_has_finite_gradients():
+    from ev3.losses import dkd_loss
+
+    s, y = _logits(9), jnp.array([0, 1, 2, 3, 4, 0])
+    assert float(dkd_loss(s, s, y, temperature=4.0, alpha=1.0, beta=8.0)) == pytest.approx(0.0, abs=1e-6)
+    g = jax.grad(lambda z: dkd_loss(z, _logits(10), y, temperature=4.0, alpha=1.0, beta=8.0))(s)
+    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0

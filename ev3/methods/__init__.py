@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-METHOD_TYPES = ("teacher", "scratch", "kd", "metadistil", "ev3", "tuned")
-_MODULES = {"teacher": "scratch", "scratch": "scratch", "kd": "kd", "metadistil": "metadistil", "ev3": "ev3", "tuned": "tuned"}
+METHOD_TYPES = ("teacher", "scratch", "kd", "dkd", "metadistil", "ev3", "tuned")
+_MODULES = {"teacher": "scratch", "scratch": "scratch", "kd": "kd", "dkd": "dkd", "metadistil": "metadistil", "ev3": "ev3", "tuned": "tuned"}
 
 
 def get(method_type: str):

@@ -25,7 +25,7 @@ METRICS_SCHEMA = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "workflow", "schemas", "metrics.schema.json"
 )
 KEYS = ["dataset", "student", "method"]
-BASELINE_ORDER = ["teacher", "scratch", "kd"]
+BASELINE_ORDER = ["teacher", "scratch", "kd", "dkd"]
 
 
 def load_metrics(path: str) -> dict:
