@@ -71,7 +71,7 @@ def single_core_peak() -> float | None:
 
 
 def run_spec(config: dict, data_dir: str, model: dict, steps: int, teacher: bool) -> RunSpec:
-    d = teacher_run(config, "mnist1d") if teacher else student_run(config, "mnist1d", config["students"][0], "scratch", 0)
+    d = teacher_run(config, "mnist1d", config["teacher"]["model"]) if teacher else student_run(config, "mnist1d", config["students"][0], "scratch", 0)
     train = {"steps": steps, "batch_size": BATCH, "eval_every": steps, "optimizer": {"name": "adam", "learning_rate": LR}}
     return RunSpec.from_dict({**d, "data_dir": data_dir, "model": model, "train": train})
 

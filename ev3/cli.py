@@ -1,6 +1,8 @@
 """``python -m ev3 <command>``: what the workflow rules call; also usable without Snakemake.
 
-Commands: ``prepare-data NAME --data-dir DIR``; ``train RUN_JSON --out DIR [--state-dir DIR] [--threads N]
+Commands: ``prepare-data NAME --data-dir DIR``; ``check-data NAME --data-dir DIR --marker OUT`` (a prepared
+TFDS dataset is present: write its description to ``OUT/source.json``; reads only the file system, so it
+fails in well under a second offline); ``train RUN_JSON --out DIR [--state-dir DIR] [--threads N]
 [--compile-cache DIR]``; ``aggregate RESULTS_ROOT``; ``validate CONFIG``.
 ``--threads`` limits XLA's CPU threads; it is applied before JAX is imported. ``--state-dir`` holds the run's
 resume state: an interrupted run rerun with the same command resumes from its last checkpoint there.
@@ -52,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare-data", help="build an embedded dataset as TFDS array_record")
     prep.add_argument("name")
     prep.add_argument("--data-dir", required=True)
+    check = sub.add_parser("check-data", help="check that a TFDS dataset is prepared; write a marker directory")
+    check.add_argument("name")
+    check.add_argument("--data-dir", required=True)
+    check.add_argument("--marker", required=True, help="directory to create with source.json")
     train = sub.add_parser("train", help="run one resolved run config")
     train.add_argument("run_json")
     train.add_argument("--out", required=True)
@@ -75,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
             from ev3.data import prepare
 
             print(prepare(args.name, args.data_dir))
+        elif args.command == "check-data":
+            from ev3 import io
+            from ev3.data import describe
+
+            source = describe(args.name, args.data_dir)
+            os.makedirs(args.marker, exist_ok=True)
+            io.write_json(os.path.join(args.marker, "source.json"), source)
+            print(f"{args.name}: {source['path']} {source['splits']}")
         elif args.command == "train":
             from ev3 import io
             from ev3.config import RunSpec

@@ -17,6 +17,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ev3.data import EMBEDDED
+
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflow", "schemas", "config.schema.yaml")
 
 
@@ -51,11 +53,30 @@ def validate(config: dict) -> dict:
         error = max(errors, key=lambda e: len(list(e.absolute_path))) if errors[0].validator in ("allOf", "anyOf") else errors[0]
         error = jsonschema.exceptions.best_match([error]) or error
         raise ConfigError(f"{_path(error)}: {error.message}")
+    tfds_datasets = [d for d in config["datasets"] if d not in EMBEDDED]
+    if tfds_datasets and not config.get("data_dir"):
+        raise ConfigError(f"data_dir: required for the TFDS datasets {tfds_datasets} (where they are prepared)")
     for i, name in enumerate(config["students"]):
         if name not in config["models"]:
             raise ConfigError(f"students/{i}: unknown model {name!r}; defined models: {sorted(config['models'])}")
-    if config["teacher"]["model"] not in config["models"]:
-        raise ConfigError(f"teacher/model: unknown model {config['teacher']['model']!r}; defined models: {sorted(config['models'])}")
+    model = config["teacher"]["model"]
+    pairs = model.items() if isinstance(model, dict) else [(None, model)]
+    for student, name in pairs:
+        key = "teacher/model" + (f"/{student}" if student else "")
+        if student is not None and student not in config["students"]:
+            raise ConfigError(f"{key}: {student!r} is not one of the students {config['students']}")
+        if name not in config["models"]:
+            raise ConfigError(f"{key}: unknown model {name!r}; defined models: {sorted(config['models'])}")
+    if isinstance(model, dict) and set(model) != set(config["students"]):
+        missing = sorted(set(config["students"]) - set(model))
+        raise ConfigError(f"teacher/model/{missing[0]}: no teacher for this student (a mapping needs every student)")
+    checkpoint = config["teacher"].get("checkpoint")
+    if isinstance(checkpoint, dict):
+        for name in checkpoint:
+            if name not in teacher_models(config):
+                raise ConfigError(f"teacher/checkpoint/{name}: not a teacher model of this benchmark {teacher_models(config)}")
+    elif checkpoint is not None and len(teacher_models(config)) > 1:
+        raise ConfigError("teacher/checkpoint: one path for several teacher models; give a mapping model -> path")
     for prefix, train in (("train", config["train"]), ("teacher/train", config["teacher"]["train"])):
         every = train.get("checkpoint_every")
         if every is not None and every % train["eval_every"]:
@@ -121,42 +142,65 @@ def results_root(config: dict) -> str:
     return os.path.join("results", config["benchmark"])
 
 
-def embedded_data_dir(config: dict, dataset: str) -> str:
+def data_marker(config: dict, dataset: str) -> str:
+    """The data job's output: the prepared embedded dataset, or a marker saying where a TFDS one is."""
     return os.path.join(results_root(config), "data", dataset)
 
 
-def teacher_dir(config: dict, dataset: str) -> str:
-    t = config["teacher"]
-    return os.path.join(results_root(config), "teacher", dataset, t["model"], f"seed{t['seed']}")
+def dataset_dir(config: dict, dataset: str) -> str:
+    """The TFDS ``data_dir`` a run reads ``dataset`` from."""
+    return data_marker(config, dataset) if dataset in EMBEDDED else config["data_dir"]
+
+
+def teacher_of(config: dict, student: str) -> str:
+    """The teacher model of ``student``: ``teacher.model`` is one name for every student or a mapping."""
+    model = config["teacher"]["model"]
+    return model[student] if isinstance(model, dict) else model
+
+
+def teacher_models(config: dict) -> list[str]:
+    """The distinct teacher models the benchmark trains (or imports), in the students' order."""
+    return list(dict.fromkeys(teacher_of(config, s) for s in config["students"]))
+
+
+def teacher_checkpoint(config: dict, model: str) -> str | None:
+    """The orbax checkpoint to import for teacher ``model`` instead of training it (``teacher.checkpoint``)."""
+    checkpoint = config["teacher"].get("checkpoint")
+    return checkpoint.get(model) if isinstance(checkpoint, dict) else checkpoint
+
+
+def teacher_dir(config: dict, dataset: str, model: str) -> str:
+    return os.path.join(results_root(config), "teacher", dataset, model, f"seed{config['teacher']['seed']}")
 
 
 def run_dir(config: dict, dataset: str, student: str, method: str, seed: int) -> str:
     return os.path.join(results_root(config), "runs", dataset, student, method, f"seed{seed}")
 
 
-def _common(config: dict, dataset: str) -> dict:
-    t = config["teacher"]
+def _common(config: dict, dataset: str, teacher: str) -> dict:
     return {
         "benchmark": config["benchmark"],
         "dataset": dataset,
-        "data_dir": embedded_data_dir(config, dataset),
+        "data_dir": dataset_dir(config, dataset),
         "split": dict(config["split"]),
-        "teacher": t["model"],
-        "teacher_model": dict(config["models"][t["model"]]),
-        "teacher_seed": t["seed"],
+        "teacher": teacher,
+        "teacher_model": dict(config["models"][teacher]),
+        "teacher_seed": config["teacher"]["seed"],
     }
 
 
-def teacher_run(config: dict, dataset: str) -> dict:
+def teacher_run(config: dict, dataset: str, model: str) -> dict:
+    """The teacher run of ``model``; with ``teacher.checkpoint`` its options name the checkpoint to import."""
     t = config["teacher"]
+    checkpoint = teacher_checkpoint(config, model)
     return {
-        **_common(config, dataset),
+        **_common(config, dataset, model),
         "role": "teacher",
         "method": "teacher",
         "method_type": "teacher",
-        "options": {},
-        "model_name": t["model"],
-        "model": dict(config["models"][t["model"]]),
+        "options": {"checkpoint": os.path.abspath(checkpoint)} if checkpoint else {},
+        "model_name": model,
+        "model": dict(config["models"][model]),
         "train": copy.deepcopy(t["train"]),
         "seed": t["seed"],
         "teacher_dir": None,
@@ -175,8 +219,9 @@ def student_run(config: dict, dataset: str, student: str, method: str, seed: int
             options["iterations"] = units
         else:
             train["steps"] = units
+    teacher = teacher_of(config, student)
     return {
-        **_common(config, dataset),
+        **_common(config, dataset, teacher),
         "role": "student",
         "method": method,
         "method_type": options.pop("type"),
@@ -185,7 +230,7 @@ def student_run(config: dict, dataset: str, student: str, method: str, seed: int
         "model": dict(config["models"][student]),
         "train": train,
         "seed": int(seed),
-        "teacher_dir": teacher_dir(config, dataset),
+        "teacher_dir": teacher_dir(config, dataset, teacher),
         "budget": dict(config["budget"]) if config.get("budget") and "flops" in config["budget"] else None,
     }
 

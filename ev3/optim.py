@@ -1,6 +1,8 @@
 """Optimizers from config: ``{name: adam|adamw|sgd, learning_rate, momentum, weight_decay, schedule}``.
 
-``schedule`` is ``constant`` or ``cosine`` (decay to 0 over the run's steps). Hyperparameters are injected
+``schedule`` is ``constant``, ``cosine`` (decay to 0 over the run's steps) or ``step`` (multiply by
+``decay_factor``, default 0.1, at each fraction ``decay_at`` of the run's steps, e.g. CIFAR's 150/180/210 of
+240 epochs = ``[0.625, 0.75, 0.875]``). Hyperparameters are injected
 (``optax.inject_hyperparams``) so they live in the optimizer state as arrays.
 """
 
@@ -13,6 +15,9 @@ def make_optimizer(config: dict, total_steps: int) -> optax.GradientTransformati
     lr = config["learning_rate"]
     if config.get("schedule", "constant") == "cosine":
         lr = optax.cosine_decay_schedule(lr, max(total_steps, 1))
+    elif config.get("schedule") == "step":
+        factor = config.get("decay_factor", 0.1)
+        lr = optax.piecewise_constant_schedule(lr, {round(f * total_steps): factor for f in config.get("decay_at", [])})
     name = config["name"]
     if name == "adam":
         return optax.inject_hyperparams(optax.adam)(learning_rate=lr)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import time
 
 import jax
 
 from ev3 import checkpoint, data as data_lib, io, methods, models
 from ev3.config import RunSpec
 from ev3.methods.common import Frozen
-from ev3.train import Counter, accuracy, fit, frozen_logits, predict, test_report
+from ev3.train import Counter, FitResult, accuracy, compute_counters, fit, frozen_logits, predict, test_report
 
 
 def versions() -> dict:
@@ -37,16 +38,39 @@ def versions() -> dict:
 
 def load_teacher(spec: RunSpec, dataset) -> Frozen:
     path = os.path.join(spec.teacher_dir, "checkpoint")
+    net = _restore(path, spec.teacher_model, dataset, what="teacher",
+                   fix="train the teacher first (snakemake builds it; --forcerun train_teacher rebuilds it)")
+    return Frozen(net.graphdef, net.params, net.rest)
+
+
+def _restore(path: str, model_config: dict, dataset, *, what: str, fix: str):
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"teacher checkpoint missing at {path}; train the teacher first (snakemake builds it)")
+        raise FileNotFoundError(f"{what} checkpoint missing at {path}; {fix}")
     try:
-        net = checkpoint.load_network(path, spec.teacher_model, dataset.input_shape, dataset.num_classes)
+        return checkpoint.load_network(path, model_config, dataset.input_shape, dataset.num_classes)
     except Exception as e:  # orbax raises many kinds for an empty, truncated or mismatched checkpoint
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ValueError(
-            f"teacher checkpoint at {path} is unreadable ({why}); retrain the teacher (snakemake --forcerun train_teacher)"
-        ) from e
-    return Frozen(net.graphdef, net.params, net.rest)
+        raise ValueError(f"{what} checkpoint at {path} is unreadable ({why}); {fix}") from e
+
+
+def imported_teacher(method, spec: RunSpec, dataset) -> FitResult:
+    """A teacher run that evaluates the checkpoint ``spec.options["checkpoint"]`` instead of training: the
+    "selected" state is the imported network; history holds its one evaluation; no training compute."""
+    t0 = time.perf_counter()
+    net = _restore(spec.options["checkpoint"], spec.model, dataset, what="teacher",
+                   fix="config teacher.checkpoint must name an orbax checkpoint of this model (a teacher run's checkpoint/)")
+    state = method.init(spec, dataset, None, jax.random.key(0))
+    state = state.replace(student=state.student.replace(params=net.params, rest=net.rest))
+    counter = Counter()
+    val_logits, selection_flops = predict(counter, method.evaluate, state, dataset.splits["val"][0])
+    test_logits, _ = predict(counter, method.evaluate, state, dataset.splits["test"][0])
+    val_acc = accuracy(val_logits, dataset.splits["val"][1])
+    wall = time.perf_counter() - t0
+    history = [{"student_steps": 0, "flops": 0.0, "wall_s": wall, "train_loss": None, "val_accuracy": val_acc,
+                "test_accuracy": accuracy(test_logits, dataset.splits["test"][1])}]
+    compute = compute_counters(counter, student_steps=0, teacher_forwards=0, teacher_backwards=0, flops_student=0.0,
+                               flops_teacher=0.0, flops_selection=selection_flops, wall_s=wall, train_s=0.0)
+    return FitResult(state, state, val_acc, history, compute)
 
 
 def run(spec: RunSpec, out_dir: str, *, log=print, state_dir: str | None = None) -> dict:
@@ -57,7 +81,11 @@ def run(spec: RunSpec, out_dir: str, *, log=print, state_dir: str | None = None)
     teacher_test_logits = None
     if teacher is not None:
         teacher_test_logits, _ = predict(Counter(), frozen_logits, teacher, dataset.splits["test"][0])
-    result = fit(method, spec, dataset, teacher, log=log, state_dir=state_dir)
+    if spec.role == "teacher" and spec.options.get("checkpoint"):
+        result = imported_teacher(method, spec, dataset)
+        log(f"[teacher] imported {spec.options['checkpoint']}")
+    else:
+        result = fit(method, spec, dataset, teacher, log=log, state_dir=state_dir)
     results, predictions = test_report(method, result, dataset, teacher_test_logits)
     student = result.selected_state.student
     metrics = {

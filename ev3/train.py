@@ -6,7 +6,8 @@ compute accounting; a method only supplies ``init`` / ``step`` / ``evaluate`` (s
 Conventions
 - Batches: each epoch is a permutation of ``train`` (stream ``batch_order`` folded with the epoch number),
   cut into ``N // batch_size`` batches (the remainder is dropped); the gather runs on device inside the
-  jitted step. The step key is stream ``step`` folded with the step number.
+  jitted step. The step key is stream ``step`` folded with the step number. With ``train.augment`` (images),
+  the batch is augmented on device in the same step (``ev3.data.augment``, stream ``augment`` of the step key).
 - The Python loop calls one ahead-of-time compiled step per iteration (conv training inside ``lax.scan`` is
   much slower on CPU); the loss is summed on device and fetched only at evaluations.
 - FLOPs: XLA's ``cost_analysis()`` of each compiled call × its number of calls. ``flops_teacher`` = teacher
@@ -41,7 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ev3.data.augment import augment_fn
 from ev3.losses import cross_entropy_per_sample
+from ev3.parallel import data_parallel
 from ev3.rng import seed_key, stream
 
 EVAL_CHUNK = 1024
@@ -177,10 +180,11 @@ class FitResult:
     tracked: list = field(default_factory=list)
 
 
-def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None) -> FitResult:
+def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None, devices=None) -> FitResult:
     """Train ``method`` (a module from ``ev3.methods``) per ``spec`` on ``data`` and select on ``val``.
 
-    ``state_dir``: checkpoint there and resume from the newest usable checkpoint found there (see Resume)."""
+    ``state_dir``: checkpoint there and resume from the newest usable checkpoint found there (see Resume).
+    ``devices``: data-parallel over these (default: all local devices; see ``ev3.parallel``)."""
     if hasattr(method, "fit"):  # host-driven methods (EV3) run their own loop with the same conventions
         return method.fit(spec, data, teacher, log=log, state_dir=state_dir)
     if flops_budget(spec) is not None:
@@ -192,40 +196,55 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
     # The step donates its state: copy it once, so arrays the state shares with the caller (the teacher,
     # data splits) stay alive.
     state = jax.tree.map(jnp.copy, method.init(spec, data, teacher, init_key))
+    dp = data_parallel(spec.train["batch_size"], devices)
+    put = dp.put if dp else (lambda tree: tree)
+    state = put(state)
     members = method.population_size(spec) if hasattr(method, "population_size") else None
     forwards, backwards = (
         method.teacher_passes(spec) if hasattr(method, "teacher_passes")
         else (method.TEACHER_FORWARDS_PER_STEP, method.TEACHER_BACKWARDS_PER_STEP)
     )
 
-    x_all, y_all = data.splits["train"]
-    x_val, y_val = data.splits["val"]
-    x_test, y_test = data.splits["test"]
+    x_all, y_all = put(data.splits["train"])
+    x_val, y_val = put(data.splits["val"])
+    x_test, y_test = put(data.splits["test"])
     n, batch_size = x_all.shape[0], spec.train["batch_size"]
     steps, eval_every = spec.train["steps"], spec.train["eval_every"]
     per_epoch = n // batch_size
     if per_epoch < 1:
         raise ValueError(f"train/batch_size={batch_size} exceeds the {n} training examples")
 
-    def loop_step(state, loss_sum, perm, step_key, j, i):  # keys are arguments, never constants: other seeds reuse the kernel
+    augment = augment_fn(spec.train.get("augment"))
+
+    # The data and keys are arguments, never constants: no dataset inside the executable, and other seeds
+    # reuse the compiled kernel.
+    def loop_step(state, loss_sum, train, perm, step_key, j, i):
         idx = jax.lax.dynamic_slice_in_dim(perm, j * batch_size, batch_size)
-        state, logs = method.step(state, (x_all[idx], y_all[idx]), jax.random.fold_in(step_key, i))
+        (x, y), key = (train[0][idx], train[1][idx]), jax.random.fold_in(step_key, i)
+        if dp:
+            x, y = dp.constrain_batch((x, y))
+        if augment is not None:  # its own stream: the method's key is the same with or without augmentation
+            x = augment(stream(key, "augment"), x)
+        state, logs = method.step(state, (x, y), key)
+        if dp:
+            state = dp.constrain_replicated(state)
         return state, loss_sum + logs["loss"]
 
     def permutation(key, epoch):  # the key is an argument, so runs with other seeds reuse the compiled kernel
         return jax.random.permutation(jax.random.fold_in(key, epoch), n)
 
     counter = Counter()
-    zero = jnp.float32(0.0)
+    zero, order_key, step_key = put((jnp.float32(0.0), order_key, step_key))
     i32 = np.int32
-    step_c, step_flops = counter.compile(
-        "step", loop_step, state, zero, permutation(order_key, 0), step_key, i32(0), i32(0), donate_argnums=(0,)
-    )
+    train = (x_all, y_all)
     perm_c, _ = counter.compile("permutation", permutation, order_key, i32(0))
+    step_c, step_flops = counter.compile(
+        "step", loop_step, state, zero, train, perm_c(order_key, i32(0)), step_key, i32(0), i32(0), donate_argnums=(0,)
+    )
     finite_c, _ = counter.compile("all_finite", _all_finite, state)
     teacher_fwd_flops = 0.0
     if teacher is not None and (forwards or backwards):
-        _, teacher_fwd_flops = counter.compile("teacher_forward", frozen_logits, teacher, x_all[:batch_size])
+        _, teacher_fwd_flops = counter.compile("teacher_forward", frozen_logits, put(teacher), x_all[:batch_size])
 
     history, tracked, selection_flops = [], [], 0.0
     best = None  # (val_accuracy, step, state copy)
@@ -238,6 +257,7 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
         restored = store.restore({"state": state, "best": method.select(state, 0) if members else state})
         if restored is not None:
             start, trees, resumed = restored
+            trees = put(trees)
             state, history, tracked = trees["state"], resumed["history"], resumed["tracked"]
             best = (resumed["best_val_accuracy"], resumed["best_step"], trees["best"], resumed.get("best_member"))
             selection_flops, train_s = resumed["selection_flops"], resumed["train_s"]
@@ -248,7 +268,7 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None)
         epoch, j = divmod(i, per_epoch)
         if j == 0 or perm is None:
             perm = perm_c(order_key, i32(epoch))
-        state, loss_sum = step_c(state, loss_sum, perm, step_key, i32(j), i32(i))
+        state, loss_sum = step_c(state, loss_sum, train, perm, step_key, i32(j), i32(i))
         since_eval += 1
         done = i + 1
         if done % eval_every == 0 or done == steps:

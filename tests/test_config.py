@@ -90,7 +90,7 @@ def test_run_configs_round_trip_and_pair_across_methods(smoke_config):
     assert kd.method_type == "kd" and kd.options == {"temperature": 4.0, "alpha": 0.9}
     assert (kd.seed, kd.split, kd.train, kd.model) == (scratch.seed, scratch.split, scratch.train, scratch.model)
     assert kd.teacher_dir == scratch.teacher_dir
-    t = RunSpec.from_dict(teacher_run(config, "mnist1d"))
+    t = RunSpec.from_dict(teacher_run(config, "mnist1d", config["teacher"]["model"]))
     assert t.role == "teacher" and t.seed == config["teacher"]["seed"] and t.teacher_dir is None
     with pytest.raises(ConfigError, match="unknown keys"):
         RunSpec.from_dict({**student_run(config, "mnist1d", "mlp64", "kd", 1), "extra": 1})

@@ -64,7 +64,7 @@ def teacher_spec_dict(config, data_dir, **train):
     """A teacher run of the small MLP (fast to compile and step) with ``train`` overrides."""
     config["teacher"]["model"] = "mlp64"
     config["teacher"]["train"].update(train)
-    d = teacher_run(validate(config), "mnist1d")
+    d = teacher_run(validate(config), "mnist1d", config["teacher"]["model"])
     d["data_dir"] = data_dir
     return d
 

@@ -22,7 +22,7 @@ def _spec(config, data_dir, method="scratch", *, steps=None, eval_every=None, te
     if eval_every is not None:
         config["train"]["eval_every"] = config["teacher"]["train"]["eval_every"] = eval_every
     config["train"]["optimizer"].update(train)
-    d = teacher_run(config, "mnist1d") if teacher else student_run(config, "mnist1d", config["students"][0], method, 0)
+    d = teacher_run(config, "mnist1d", config["teacher"]["model"]) if teacher else student_run(config, "mnist1d", config["students"][0], method, 0)
     d["data_dir"] = data_dir
     return RunSpec.from_dict(d)
 

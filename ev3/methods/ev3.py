@@ -36,6 +36,7 @@ import numpy as np
 
 from ev3 import models
 from ev3.methods.common import Student, SupervisedState, evaluate  # noqa: F401  (evaluate: the method interface)
+from ev3.data.augment import augment_fn
 from ev3.models.growth import grow, size
 from ev3.protocol import assess
 from ev3.protocol.adapt import adapt
@@ -181,10 +182,15 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
         logits, f = predict(counter, a.fn("evaluate", lambda: lambda p, x: a.apply(p, x)), params, x)
         return logits, f
 
+    augment = augment_fn(spec.train.get("augment"))
+
     def draw(teacher, order_key, assess_key, it):  # keys are arguments: other seeds reuse the compiled kernel
-        """This round's L train batches with their teacher logits, and a fresh subset of the assess half."""
+        """This round's L train batches (augmented with ``train.augment``) with their teacher logits, and a
+        fresh subset of the assess half."""
         idx = jax.random.randint(jax.random.fold_in(order_key, it), (L * B,), 0, x_train.shape[0])
         xb, yb = x_train[idx], y_train[idx]
+        if augment is not None:
+            xb = augment(stream(jax.random.fold_in(order_key, it), "augment"), xb)
         a_idx = jax.random.choice(jax.random.fold_in(assess_key, it), half, (n_assess,), replace=False)
         return (xb.reshape(L, B, *xb.shape[1:]), yb.reshape(L, B), teacher(xb).reshape(L, B, -1),
                 x_assess[a_idx], y_assess[a_idx], teacher_assess_all[a_idx])

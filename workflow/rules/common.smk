@@ -1,7 +1,8 @@
 # Path helpers only: which runs exist and where their files live.
 import os
 
-from ev3.config import student_run, student_runs, teacher_run
+from ev3.config import student_run, student_runs, teacher_dir, teacher_models, teacher_of, teacher_run
+from ev3.data import EMBEDDED, TFDS_IMAGES
 
 
 def student_metrics(wildcards=None):
@@ -9,6 +10,15 @@ def student_metrics(wildcards=None):
         f"{R}/runs/{r['dataset']}/{r['student']}/{r['method']}/seed{r['seed']}/metrics.json"
         for r in student_runs(cfg)
     ]
+
+
+def teacher_checkpoint_of(wildcards):
+    """The checkpoint of the student's teacher (config teacher.model: one model or a per-student mapping)."""
+    return os.path.join(teacher_dir(cfg, wildcards.dataset, teacher_of(cfg, wildcards.student)), "checkpoint")
+
+
+def teacher_metrics(wildcards=None):
+    return [os.path.join(teacher_dir(cfg, d, t), "metrics.json") for d in cfg["datasets"] for t in teacher_models(cfg)]
 
 
 # JAX's persistent compilation cache, shared by the training jobs: seeds and methods with the same shapes and
@@ -26,5 +36,6 @@ def state_dir(run_dir, wildcards):
 wildcard_constraints:
     dataset="[A-Za-z0-9_]+",
     student="[A-Za-z0-9_.-]+",
+    teacher="[A-Za-z0-9_.-]+",
     method="[A-Za-z0-9_-]+",
     seed=r"-?\d+",

@@ -19,7 +19,7 @@ rule train_student:
     input:
         run=f"{RUN}/run.json",
         data=f"{R}/data/{{dataset}}",
-        teacher=f"{TEACHER}/checkpoint",
+        teacher=teacher_checkpoint_of,
     output:
         metrics=f"{RUN}/metrics.json",
         predictions=f"{RUN}/predictions.npz",

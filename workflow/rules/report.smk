@@ -34,7 +34,7 @@ rule aggregate:
     input:
         student_metrics,
         predictions=lambda wc: [p.replace("metrics.json", "predictions.npz") for p in student_metrics()],
-        teachers=expand(f"{TEACHER}/metrics.json", dataset=cfg["datasets"]),
+        teachers=teacher_metrics,
         config=f"{R}/config.yaml",
     output:
         **REPORT_TABLES,

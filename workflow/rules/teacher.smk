@@ -1,13 +1,13 @@
-TEACHER = f"{R}/teacher/{{dataset}}/{cfg['teacher']['model']}/seed{cfg['teacher']['seed']}"
+TEACHER = f"{R}/teacher/{{dataset}}/{{teacher}}/seed{cfg['teacher']['seed']}"
 
 
 rule teacher_run_config:
     output:
         f"{TEACHER}/run.json",
     params:
-        run=lambda wc: teacher_run(cfg, wc.dataset),
+        run=lambda wc: teacher_run(cfg, wc.dataset, wc.teacher),
     log:
-        f"{R}/logs/run_config/teacher/{{dataset}}.log",
+        f"{R}/logs/run_config/teacher/{{dataset}}/{{teacher}}.log",
     localrule: True
     run:
         from ev3.io import write_json
@@ -15,6 +15,7 @@ rule teacher_run_config:
         write_json(output[0], params.run)
 
 
+# Trains the teacher, or (config teacher.checkpoint) imports and evaluates a given checkpoint.
 rule train_teacher:
     input:
         run=f"{TEACHER}/run.json",
@@ -26,7 +27,7 @@ rule train_teacher:
     params:
         state=lambda wc: state_dir(TEACHER, wc),
     log:
-        f"{R}/logs/teacher/{{dataset}}.log",
+        f"{R}/logs/teacher/{{dataset}}/{{teacher}}.log",
     threads: cfg["threads"]
     resources:
         **GPU,
