@@ -22,6 +22,9 @@ from ev3.data import EMBEDDED
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflow", "schemas", "config.schema.yaml")
 
 
+BATCHNORM_MODELS = ("resnet", "wrn")  # model types with BatchNorm statistics
+
+
 class ConfigError(ValueError):
     """An invalid benchmark or run config; the message names the key path."""
 
@@ -70,6 +73,19 @@ def validate(config: dict) -> dict:
     if isinstance(model, dict) and set(model) != set(config["students"]):
         missing = sorted(set(config["students"]) - set(model))
         raise ConfigError(f"teacher/model/{missing[0]}: no teacher for this student (a mapping needs every student)")
+    batchnorm = [s for s in config["students"] if config["models"][s]["type"] in BATCHNORM_MODELS]
+    for name, method in config["methods"].items():
+        if method["type"] == "ev3" and batchnorm:
+            raise ConfigError(
+                f"methods/{name}: ev3 trains candidates without BatchNorm statistics, so it does not support the "
+                f"BatchNorm students {batchnorm}; use mlp/cnn students for ev3"
+            )
+    for student, published in config.get("anchors", {}).items():
+        if student not in config["students"]:
+            raise ConfigError(f"anchors/{student}: not one of the students {config['students']}")
+        for name in published:
+            if name != "teacher" and name not in config["methods"]:
+                raise ConfigError(f"anchors/{student}/{name}: neither 'teacher' nor a method of this benchmark")
     checkpoint = config["teacher"].get("checkpoint")
     if isinstance(checkpoint, dict):
         for name in checkpoint:
@@ -149,7 +165,7 @@ def data_marker(config: dict, dataset: str) -> str:
 
 def dataset_dir(config: dict, dataset: str) -> str:
     """The TFDS ``data_dir`` a run reads ``dataset`` from."""
-    return data_marker(config, dataset) if dataset in EMBEDDED else config["data_dir"]
+    return data_marker(config, dataset) if dataset in EMBEDDED else os.path.expanduser(config["data_dir"])
 
 
 def teacher_of(config: dict, student: str) -> str:

@@ -267,3 +267,20 @@ def test_report_page_lists_the_displayed_tables_as_rst(tmp_path):
 
     html = publish_parts(page, writer="html", settings_overrides={"report_level": 2, "halt_level": 2})["body"]
     assert html.count("<table") == len(agg.DISPLAYED)
+
+
+def test_published_anchors_sit_beside_our_accuracy():
+    import pandas as pd
+
+    from ev3.report.aggregate import add_anchors, summary_display
+
+    summary = pd.DataFrame({"dataset": ["c"] * 2, "student": ["resnet20", "resnet20"], "method": ["kd", "ev3"],
+                            "n_seeds": [3, 3], "test_acc_mean": [0.7, 0.71], "test_acc_ci_low": [0.69, 0.7],
+                            "test_acc_ci_high": [0.71, 0.72], "teacher_agreement": [0.8, 0.8],
+                            "teacher_test_acc": [0.72, 0.72], "flops": [1e9, 1e9], "wall_s": [1.0, 1.0], "steps_per_s": [1.0, 1.0]})
+    anchored = add_anchors(summary, {"resnet20": {"teacher": 72.34, "kd": 70.66}})
+    assert anchored["published_test_acc"].iloc[0] == pytest.approx(0.7066) and np.isnan(anchored["published_test_acc"].iloc[1])
+    assert anchored["published_teacher_acc"].tolist() == pytest.approx([0.7234, 0.7234])
+    shown = summary_display(anchored)
+    assert shown["published %"].tolist() == ["70.7", "–"] and shown["published teacher %"].tolist() == ["72.3", "72.3"]
+    assert "published %" not in summary_display(add_anchors(summary, {}))  # no anchors, no columns

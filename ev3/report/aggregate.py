@@ -16,6 +16,7 @@ import os
 import jsonschema
 import numpy as np
 import pandas as pd
+import yaml
 
 from ev3 import io
 from ev3.report import compute, figures, fmt, significance
@@ -115,8 +116,36 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return compute.sort_rows(out, method_order(out["method"]))
 
 
+def add_anchors(summary: pd.DataFrame, anchors: dict) -> pd.DataFrame:
+    """Published accuracies (config ``anchors``: student -> {teacher | method: %}) as fractions beside ours:
+    ``published_test_acc`` of the method and ``published_teacher_acc``; NaN where none is given."""
+    def published(student, name):
+        value = anchors.get(student, {}).get(name)
+        return np.nan if value is None else value / 100.0
+
+    summary = summary.copy()
+    summary["published_test_acc"] = [published(r.student, r.method) for r in summary.itertuples()]
+    summary["published_teacher_acc"] = [published(r.student, "teacher") for r in summary.itertuples()]
+    return summary
+
+
+def read_anchors(root: str) -> dict:
+    """The ``anchors`` of the benchmark's resolved config (``root/config.yaml``), or {}."""
+    path = os.path.join(root, "config.yaml")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return (yaml.safe_load(f) or {}).get("anchors") or {}
+
+
 def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """Human-readable summary table (percentages, GFLOPs, seconds)."""
+    """Human-readable summary table (percentages, GFLOPs, seconds); published anchors when the config has them."""
+    anchored = {}
+    if "published_test_acc" in summary and summary[["published_test_acc", "published_teacher_acc"]].notna().any().any():
+        anchored = {
+            "published %": summary["published_test_acc"].map(fmt.pct),
+            "published teacher %": summary["published_teacher_acc"].map(fmt.pct),
+        }
     return pd.DataFrame(
         {
             "dataset": summary["dataset"],
@@ -126,6 +155,7 @@ def summary_display(summary: pd.DataFrame) -> pd.DataFrame:
             "test acc % (95 % CI)": [fmt.pct_ci(r.test_acc_mean, r.test_acc_ci_low, r.test_acc_ci_high) for r in summary.itertuples()],
             "teacher agreement %": summary["teacher_agreement"].map(fmt.pct),
             "teacher acc %": summary["teacher_test_acc"].map(fmt.pct),
+            **anchored,
             "GFLOPs": summary["flops"].map(fmt.giga),
             "wall s": summary["wall_s"].map(lambda x: f"{x:.1f}"),
         }
@@ -167,7 +197,7 @@ def aggregate(root: str) -> pd.DataFrame:
     """Write every table under ``root/tables`` and every figure under ``root/figures``; returns the summary."""
     runs, metrics = collect(root)
     order = method_order(runs["method"])
-    summary = summarize(runs)
+    summary = add_anchors(summarize(runs), read_anchors(root))
     tests = significance.significance(runs, load_correctness(root, runs), order)
     costs = compute.compute_table(runs, order)
     matched = compute.matched_compute(metrics, order)

@@ -1,7 +1,7 @@
 # Path helpers only: which runs exist and where their files live.
 import os
 
-from ev3.config import student_run, student_runs, teacher_dir, teacher_models, teacher_of, teacher_run
+from ev3.config import dataset_dir, student_run, student_runs, teacher_dir, teacher_models, teacher_of, teacher_run
 from ev3.data import EMBEDDED, TFDS_IMAGES
 
 

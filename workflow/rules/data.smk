@@ -20,7 +20,7 @@ rule check_data:
     wildcard_constraints:
         dataset="|".join(TFDS_IMAGES),
     params:
-        data_dir=cfg["data_dir"],
+        data_dir=lambda wc: dataset_dir(cfg, wc.dataset),
     log:
         f"{R}/logs/check_data/{{dataset}}.log",
     localrule: True
