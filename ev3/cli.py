@@ -73,8 +73,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "train" and args.threads:
-        limit_threads(args.threads)
+    if args.command == "train":
+        # GPU jobs allocate memory as they need it (JAX's default takes 75 % up front), so jobs can share a GPU.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        if args.threads:
+            limit_threads(args.threads)
 
     try:
         if args.command == "prepare-data":
