@@ -2,7 +2,7 @@
 
 A model is built once from ``(model_config, input_shape, num_classes, key)`` and split into a static
 ``graphdef``, trainable ``params`` (``nnx.Param``) and ``rest`` (everything else, e.g. BatchNorm
-statistics; empty for the MLP and CNN). Training code only sees these pytrees and :func:`apply`.
+statistics of the ResNets; empty for the MLP and CNN). Training code only sees these pytrees and :func:`apply`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from flax import nnx
 
 from ev3.models.cnn import CNN
 from ev3.models.mlp import MLP
+from ev3.models.resnet import ResNet, WideResNet
 
-MODEL_TYPES = {"mlp": MLP, "cnn": CNN}
+MODEL_TYPES = {"mlp": MLP, "cnn": CNN, "resnet": ResNet, "wrn": WideResNet}
 
 
 class Network(NamedTuple):
@@ -42,7 +43,8 @@ def build(model_config: dict, input_shape: tuple[int, ...], num_classes: int, ke
 
 def apply(graphdef, params, rest, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, Any]:
     """Pure forward pass: logits (B, C) and the updated ``rest`` (BatchNorm statistics in train mode)."""
-    model = nnx.merge(graphdef, params, rest)
+    # copy=True: fresh Variables in the current trace, so BatchNorm may update its statistics inside jax.grad
+    model = nnx.merge(graphdef, params, rest, copy=True)
     model.train() if train else model.eval()
     logits = model(x)
     return logits, nnx.state(model, nnx.Not(nnx.Param))

@@ -4,6 +4,8 @@
 
 The convolution rank follows the input: a (L,) signal (mnist1d) is treated as (L, 1) and gets 1-D
 convolutions; an (H, W, C) image (digits) gets 2-D convolutions. Channels-last throughout.
+
+``dtype``: compute dtype, "float32" (default) or "bfloat16"; parameters stay float32, logits are float32.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 
@@ -27,8 +30,10 @@ class CNN(nnx.Module):
         channels: list[int],
         kernel_size: int,
         stride: int | list[int],
+        dtype: str = "float32",
         rngs: nnx.Rngs,
     ):
+        kw = dict(dtype=jnp.dtype(dtype), param_dtype=jnp.float32, rngs=rngs)
         shape = _conv_input_shape(input_shape)
         self.conv_shape = shape
         spatial = len(shape) - 1
@@ -38,16 +43,16 @@ class CNN(nnx.Module):
         strides = stride if isinstance(stride, list) else [stride] * len(channels)
         for out_ch, st in zip(channels, strides, strict=True):
             convs.append(
-                nnx.Conv(in_ch, out_ch, (kernel_size,) * spatial, strides=(st,) * spatial, padding="SAME", rngs=rngs)
+                nnx.Conv(in_ch, out_ch, (kernel_size,) * spatial, strides=(st,) * spatial, padding="SAME", **kw)
             )
             size = [math.ceil(s / st) for s in size]
             in_ch = out_ch
         self.convs = nnx.List(convs)
-        self.head = nnx.Linear(math.prod(size) * in_ch, num_classes, rngs=rngs)
+        self.head = nnx.Linear(math.prod(size) * in_ch, num_classes, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x``: (B, *input_shape) → logits (B, num_classes)."""
         h = x.reshape((x.shape[0], *self.conv_shape))
         for conv in self.convs:
             h = nnx.relu(conv(h))
-        return self.head(h.reshape(h.shape[0], -1))
+        return self.head(h.reshape(h.shape[0], -1)).astype(jnp.float32)

@@ -1,22 +1,28 @@
-"""Multi-layer perceptron: flatten → ``depth`` × (Linear(width) → ReLU) → Linear(num_classes)."""
+"""Multi-layer perceptron: flatten → ``depth`` × (Linear(width) → ReLU) → Linear(num_classes).
+
+``dtype``: compute dtype, "float32" (default) or "bfloat16"; parameters stay float32, logits are float32.
+"""
 
 from __future__ import annotations
 
 import math
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 
 class MLP(nnx.Module):
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, width: int, depth: int, rngs: nnx.Rngs):
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, width: int, depth: int,
+                 dtype: str = "float32", rngs: nnx.Rngs):
         sizes = [math.prod(input_shape)] + [width] * depth
-        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
-        self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+        kw = dict(dtype=jnp.dtype(dtype), param_dtype=jnp.float32, rngs=rngs)
+        self.hidden = nnx.List([nnx.Linear(a, b, **kw) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.head = nnx.Linear(sizes[-1], num_classes, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x``: (B, *input_shape) → logits (B, num_classes)."""
         h = x.reshape(x.shape[0], -1)
         for layer in self.hidden:
             h = nnx.relu(layer(h))
-        return self.head(h)
+        return self.head(h).astype(jnp.float32)

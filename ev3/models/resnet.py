@@ -1,0 +1,176 @@
+"""CIFAR ResNets and Wide ResNets as defined in RepDistiller / mdistiller, channels-last.
+
+- ``ResNet`` (``type: resnet``): depth = 6n + 2. Conv3×3(stem) → BN → ReLU → 3 stages of n BasicBlocks
+  (widths 16/32/64 × ``width``, strides 1/2/2) → global average pool → Linear. A BasicBlock is
+  ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``; the shortcut is a 1×1 conv + BN where the shape
+  changes (option B), the identity otherwise. The stem has 16 channels for ``width`` 1 and 32 otherwise, so
+  ``width: 4`` gives RepDistiller's resnet8x4 / resnet32x4 (num_filters [32, 64, 128, 256]).
+- ``WideResNet`` (``type: wrn``): WRN-depth-widen, depth = 6n + 4. Conv3×3(16) → 3 stages of n pre-activation
+  blocks (widths 16/32/64 × ``widen``, strides 1/2/2) → BN → ReLU → global average pool → Linear. A block is
+  ``conv2(relu(bn2(conv1(h)))) + (x or conv1×1(h))`` with ``h = relu(bn1(x))``; the 1×1 shortcut (no BN)
+  where the shape changes, taking ``h`` as in RepDistiller's wrn.py. No dropout (RepDistiller's drop rate 0).
+
+Convolutions have no bias and PyTorch's padding (1 for 3×3, 0 for 1×1), so a stride-2 3×3 conv and its 1×1
+shortcut sample the same pixels. Kernels are He-normal with fan-out for the convolutions (RepDistiller's
+``kaiming_normal_(mode="fan_out")``) and LeCun-normal for the head (bias 0), see :func:`init_kernels`.
+BatchNorm: momentum 0.9 (PyTorch's 0.1), epsilon 1e-5, scale 1, bias 0; its statistics are ``nnx.BatchStat``
+(the ``rest`` of :func:`ev3.models.build`).
+
+``extra_blocks`` (default 0) appends that many stride-1 blocks of the last width to the last stage: the
+architectures that growth (``ev3.models.growth``) produces.
+
+``dtype`` is the compute dtype, ``"float32"`` or ``"bfloat16"``: parameters and BatchNorm statistics stay
+float32 (BatchNorm computes its batch statistics in float32), and the logits are returned as float32 for the
+losses.
+
+Input: (B, H, W, C) images (CIFAR 32×32×3, MNIST 28×28×1; (H, W) gets one channel); any H, W ≥ 1 works
+because the pool is global.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)  # RepDistiller's named variants (any 6n + 2 is accepted)
+WRN_DEPTHS = (10, 16, 22, 28, 40)  # common WRN depths (any 6n + 4 is accepted)
+
+_zeros = nnx.initializers.zeros_init()  # placeholder: init_kernels draws every kernel at the end of __init__
+
+
+def init_kernels(module: nnx.Module, key: jax.Array) -> None:
+    """Draw every Conv kernel He-normal with fan-out (std √(2 / (k·k·out))) and every Linear kernel LeCun-normal
+    (std √(1 / in)), all from one flat normal vector. One random op for the whole model, because XLA:CPU
+    compiles each random op separately and slowly (about a second per kernel: minutes for resnet110)."""
+    layers = [m for _, m in nnx.iter_modules(module) if isinstance(m, (nnx.Conv, nnx.Linear))]
+    sizes = [layer.kernel.value.size for layer in layers]
+    z = jax.random.normal(key, (sum(sizes),), jnp.float32)
+    for layer, chunk in zip(layers, jnp.split(z, np.cumsum(sizes)[:-1])):
+        shape = layer.kernel.value.shape
+        fan = math.prod(shape[:-2]) * shape[-1] if isinstance(layer, nnx.Conv) else shape[0]
+        gain = 2.0 if isinstance(layer, nnx.Conv) else 1.0
+        layer.kernel.value = (chunk * math.sqrt(gain / fan)).reshape(shape)
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, dtype, rngs: nnx.Rngs) -> nnx.Conv:
+    return nnx.Conv(in_ch, out_ch, (kernel, kernel), strides=(stride, stride), padding=kernel // 2, use_bias=False,
+                    kernel_init=_zeros, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def _linear(in_features: int, num_classes: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(in_features, num_classes, kernel_init=_zeros, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def _bn(channels: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) == 2:
+        return (*input_shape, 1)
+    if len(input_shape) == 3:
+        return tuple(input_shape)
+    raise ValueError(f"ResNets take (H, W, C) or (H, W) images, got input shape {input_shape}")
+
+
+def _blocks_per_stage(depth: int, offset: int, name: str) -> int:
+    if depth < 6 + offset or (depth - offset) % 6:
+        raise ValueError(f"{name} depth must be 6n + {offset} with n ≥ 1, got {depth}")
+    return (depth - offset) // 6
+
+
+class BasicBlock(nnx.Module):
+    """Post-activation residual block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype, rngs: nnx.Rngs):
+        self.conv1 = _conv(in_ch, out_ch, 3, stride, dtype, rngs)
+        self.bn1 = _bn(out_ch, dtype, rngs)
+        self.conv2 = _conv(out_ch, out_ch, 3, 1, dtype, rngs)
+        self.bn2 = _bn(out_ch, dtype, rngs)
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nnx.Sequential(_conv(in_ch, out_ch, 1, stride, dtype, rngs), _bn(out_ch, dtype, rngs))
+        else:
+            self.shortcut = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = self.bn2(self.conv2(nnx.relu(self.bn1(self.conv1(x)))))
+        return nnx.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class PreActBlock(nnx.Module):
+    """Wide-ResNet block: ``h = relu(bn1(x))``, ``conv2(relu(bn2(conv1(h)))) + (x or shortcut(h))``."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, *, dtype, rngs: nnx.Rngs):
+        self.bn1 = _bn(in_ch, dtype, rngs)
+        self.conv1 = _conv(in_ch, out_ch, 3, stride, dtype, rngs)
+        self.bn2 = _bn(out_ch, dtype, rngs)
+        self.conv2 = _conv(out_ch, out_ch, 3, 1, dtype, rngs)
+        self.shortcut = _conv(in_ch, out_ch, 1, stride, dtype, rngs) if stride != 1 or in_ch != out_ch else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nnx.relu(self.bn1(x))
+        out = self.conv2(nnx.relu(self.bn2(self.conv1(h))))
+        return out + (x if self.shortcut is None else self.shortcut(h))
+
+
+def _stages(block, stem: int, widths: list[int], n: int, extra_blocks: int, dtype, rngs: nnx.Rngs) -> nnx.List:
+    """One flat list of blocks: n per stage (the first of stages 2 and 3 with stride 2), then ``extra_blocks``."""
+    blocks, in_ch = [], stem
+    for stage, width in enumerate(widths):
+        count = n + (extra_blocks if stage == len(widths) - 1 else 0)
+        for i in range(count):
+            blocks.append(block(in_ch, width, 2 if stage > 0 and i == 0 else 1, dtype=dtype, rngs=rngs))
+            in_ch = width
+    return nnx.List(blocks)
+
+
+class ResNet(nnx.Module):
+    """CIFAR ResNet-``depth`` (× ``width``), e.g. depth 20 → resnet20, depth 8 and width 4 → resnet8x4."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, depth: int, width: int = 1,
+                 extra_blocks: int = 0, dtype: str = "float32", rngs: nnx.Rngs):
+        n = _blocks_per_stage(depth, 2, "ResNet")
+        dtype = jnp.dtype(dtype)
+        self.image_shape = _image_shape(input_shape)
+        stem = 16 if width == 1 else 32
+        widths = [16 * width, 32 * width, 64 * width]
+        self.conv = _conv(self.image_shape[-1], stem, 3, 1, dtype, rngs)
+        self.bn = _bn(stem, dtype, rngs)
+        self.blocks = _stages(BasicBlock, stem, widths, n, extra_blocks, dtype, rngs)
+        self.head = _linear(widths[-1], num_classes, dtype, rngs)
+        init_kernels(self, rngs.params())
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x``: (B, *input_shape) → float32 logits (B, num_classes)."""
+        h = nnx.relu(self.bn(self.conv(x.reshape((x.shape[0], *self.image_shape)))))
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h.mean(axis=(1, 2))).astype(jnp.float32)
+
+
+class WideResNet(nnx.Module):
+    """WRN-``depth``-``widen``, e.g. depth 40 and widen 2 → wrn40-2."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, depth: int, widen: int = 1,
+                 extra_blocks: int = 0, dtype: str = "float32", rngs: nnx.Rngs):
+        n = _blocks_per_stage(depth, 4, "WRN")
+        dtype = jnp.dtype(dtype)
+        self.image_shape = _image_shape(input_shape)
+        widths = [16 * widen, 32 * widen, 64 * widen]
+        self.conv = _conv(self.image_shape[-1], 16, 3, 1, dtype, rngs)
+        self.blocks = _stages(PreActBlock, 16, widths, n, extra_blocks, dtype, rngs)
+        self.bn = _bn(widths[-1], dtype, rngs)
+        self.head = _linear(widths[-1], num_classes, dtype, rngs)
+        init_kernels(self, rngs.params())
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x``: (B, *input_shape) → float32 logits (B, num_classes)."""
+        h = self.conv(x.reshape((x.shape[0], *self.image_shape)))
+        for block in self.blocks:
+            h = block(h)
+        h = nnx.relu(self.bn(h))
+        return self.head(h.mean(axis=(1, 2))).astype(jnp.float32)
