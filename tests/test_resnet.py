@@ -1,5 +1,5 @@
 """CIFAR ResNet / WRN zoo: published parameter counts, BatchNorm in train and eval mode, training with the
-statistics threaded through ``rest``, bfloat16 compute."""
+statistics threaded through ``rest``, bfloat16 compute, and function-preserving growth."""
 
 import math
 
@@ -12,6 +12,7 @@ from flax import nnx
 from ev3 import models
 from ev3.config import ConfigError, validate
 from ev3.losses import cross_entropy
+from ev3.models.growth import grow, grown_config, size
 
 # Trainable parameters (nnx.Param) with 100 classes, in millions, as tabulated for CIFAR-100 by RepDistiller
 # (CRD) and mdistiller. resnet8/14/44 are not in those tables: their values follow from the definition
@@ -184,3 +185,36 @@ def test_every_model_has_the_bfloat16_switch(model):
     logits_f32 = apply(*f32, x)[0]
     assert logits.dtype == jnp.float32 and not jnp.array_equal(logits, logits_f32)
     assert jnp.allclose(logits, logits_f32, atol=0.05)
+
+
+def assert_growth_preserves_the_function(config, network, x, y, input_shape):
+    new_config, grown = grow(config, network, input_shape, 10)
+    assert new_config == grown_config(config) and new_config["extra_blocks"] == config.get("extra_blocks", 0) + 1
+    assert size(new_config) == size(config) + 1
+    assert models.param_count(grown.params) > models.param_count(network.params)
+    for train in (False, True):  # eval: running averages; train: batch statistics, before their update
+        before = apply(*network, x, train=train)[0]
+        after = apply(*grown, x, train=train)[0]
+        assert float(jnp.max(jnp.abs(before - after))) < 1e-5, train
+    # the old statistics were copied (the new block's start at mean 0, variance 1)
+    assert jnp.array_equal(grown.rest["blocks"][0]["bn1"]["mean"].value, network.rest["blocks"][0]["bn1"]["mean"].value)
+    return new_config, grown
+
+
+def test_resnet_growth_appends_an_identity_block(trained_resnet8):
+    network, x, y, _ = trained_resnet8
+    assert size(RESNET8) == 3
+    config, grown = assert_growth_preserves_the_function(RESNET8, network, x, y, (32, 32, 3))
+    assert float(jnp.abs(grown.params["blocks"][3]["bn2"]["scale"].value).max()) == 0
+    config, grown = assert_growth_preserves_the_function(config, grown, x, y, (32, 32, 3))  # and again
+    assert size(config) == 5 and len(nnx.merge(*grown).blocks) == 5
+
+
+def test_wrn_growth_appends_an_identity_block():
+    config = {"type": "wrn", "depth": 10, "widen": 1}
+    x = jax.random.normal(jax.random.key(1), (8, 16, 16, 3))
+    y = jax.random.randint(jax.random.key(2), (8,), 0, 10)
+    network, _ = sgd_steps(models.build(config, (16, 16, 3), 10, jax.random.key(0)), x, y, 4)
+    assert size(config) == 3
+    config, grown = assert_growth_preserves_the_function(config, network, x, y, (16, 16, 3))
+    assert float(jnp.abs(grown.params["blocks"][3]["conv2"]["kernel"].value).max()) == 0
