@@ -1,0 +1,97 @@
+"""profiles/slurm plans the DAG with the SLURM executor and gives each rule the resources it names; settings
+that only the local test cluster needs (tests/slurm/profile) stay out of it. No cluster needed."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROFILE = os.path.join(ROOT, "profiles", "slurm")
+SNAKEFILE = os.path.join(ROOT, "workflow", "Snakefile")
+# Settings for a cluster without an accounting database, or for speed on a tiny one: tests/slurm/profile only.
+TEST_ONLY_KEYS = {"slurm-status-command", "slurm-init-seconds-before-status-checks", "slurm-status-attempts"}
+
+
+def load(profile_dir):
+    with open(os.path.join(profile_dir, "config.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def snakemake(workdir, *args):
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", SNAKEFILE, "--directory", str(workdir), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def planned_resources(dry_run_output: str) -> dict[str, list[dict[str, str]]]:
+    """rule name -> the resources of each of its planned jobs, from ``snakemake -n`` output."""
+    planned, rule = {}, None
+    for line in dry_run_output.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = m.group(1)
+        elif rule and (m := re.match(r"^\s+resources: (.*)$", line)):
+            planned.setdefault(rule, []).append(dict(kv.split("=", 1) for kv in m.group(1).split(", ")))
+            rule = None
+    return planned
+
+
+def expected(expression, threads):
+    """A profile resource value as Snakemake evaluates it for a first attempt."""
+    try:
+        return str(eval(str(expression), {"attempt": 1, "threads": threads}))
+    except (NameError, SyntaxError):
+        return str(expression)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("slurm-dry-run")
+    return snakemake(workdir, "-n", "--profile", PROFILE, "--configfile", os.path.join(ROOT, "config", "smoke.yaml"),
+                     "--config", "benchmark=slurm_profile_dry_run")
+
+
+def test_cluster_profile_uses_the_slurm_executor_and_names_only_existing_rules(tmp_path):
+    profile = load(PROFILE)
+    assert profile["executor"] == "slurm"
+    assert {"mem_mb", "runtime", "cpus_per_task"} <= set(profile["default-resources"])
+    rules = set(snakemake(tmp_path, "--list-rules", "--configfile", os.path.join(ROOT, "config", "smoke.yaml")).split())
+    assert {"train_teacher", "train_student", "prepare_data", "aggregate"} <= set(profile["set-resources"])
+    assert set(profile["set-resources"]) <= rules, set(profile["set-resources"]) - rules
+
+
+def test_dry_run_plans_every_job_with_the_profile_resources(dry_run):
+    profile = load(PROFILE)
+    with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
+        threads = yaml.safe_load(f)["threads"]
+    planned = planned_resources(dry_run)
+    assert {"prepare_data", "train_teacher", "train_student", "aggregate"} <= set(planned)
+    assert len(planned["train_student"]) > 1
+    for rule, jobs in planned.items():
+        want = {**profile["default-resources"], **profile["set-resources"].get(rule, {})}
+        for resources in jobs:
+            for name, value in want.items():
+                assert resources.get(name) == expected(value, threads), (rule, name, resources)
+            assert "gpu" not in resources  # smoke.yaml runs on CPU
+    for rule in ("train_teacher", "train_student"):  # training gets more than the default job
+        for name in ("mem_mb", "runtime"):
+            assert int(planned[rule][0][name]) > int(expected(profile["default-resources"][name], threads)), (rule, name)
+
+
+def test_cluster_profile_has_no_test_cluster_settings():
+    profile = load(PROFILE)
+    assert not TEST_ONLY_KEYS & set(profile), TEST_ONLY_KEYS & set(profile)
+    assert {"slurm-status-command", "slurm-init-seconds-before-status-checks"} <= set(load(
+        os.path.join(ROOT, "tests", "slurm", "profile")))
+    for name in ("slurm_partition", "slurm_account"):  # site settings: documented, never set in the repository
+        assert name not in profile["default-resources"]
+    default = os.path.join(ROOT, "profiles", "default")
+    if os.path.exists(os.path.join(default, "config.yaml")):  # a default profile applies to local runs too
+        assert not {"executor", "default-resources", "set-resources"} & set(load(default))
