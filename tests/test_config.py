@@ -54,7 +54,7 @@ BAD = [
 
 
 def test_the_shipped_configs_are_valid():
-    for name in ("config.yaml", "smoke.yaml"):
+    for name in ("config.yaml", "smoke.yaml", "cifar10.yaml", "cifar100.yaml"):
         with open(os.path.join(ROOT, "config", name)) as f:
             validate(yaml.safe_load(f))
 
@@ -108,3 +108,39 @@ def test_snakemake_refuses_a_bad_config_before_any_job(tmp_path, smoke_config):
     assert proc.returncode != 0
     assert "methods/kd/tempreature" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_cross_references_of_the_scale_out_keys_name_the_key(smoke_config):
+    c = copy.deepcopy(smoke_config)
+    c["datasets"] = ["cifar10"]
+    with pytest.raises(ConfigError, match="^data_dir: required"):
+        validate(c)
+    c = copy.deepcopy(smoke_config)
+    c["models"]["r8"] = {"type": "resnet", "depth": 8}
+    c["students"] = ["r8"]
+    with pytest.raises(ConfigError, match="^methods/ev3: ev3 trains candidates without BatchNorm"):
+        validate(c)
+    c = copy.deepcopy(smoke_config)
+    c["anchors"] = {"mlp64": {"kd": 70.0, "dkd": 71.0}}
+    with pytest.raises(ConfigError, match="^anchors/mlp64/dkd"):
+        validate(c)
+    c["anchors"] = {"mlp8": {"kd": 70.0}}
+    with pytest.raises(ConfigError, match="^anchors/mlp8"):
+        validate(c)
+
+
+def test_a_configfile_replaces_the_default_benchmark_instead_of_merging_into_it(tmp_path, smoke_config):
+    """Run where config/config.yaml exists (as from the repository root): --configfile smoke.yaml must give
+    exactly the smoke config, not the default's budget, models and methods merged in."""
+    import shutil
+
+    shutil.copytree(os.path.join(ROOT, "config"), tmp_path / "config")
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "config/smoke.yaml", "--directory", str(tmp_path),
+         "-s", os.path.join(ROOT, "workflow", "Snakefile"), "results/smoke/config.yaml"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(tmp_path / "results" / "smoke" / "config.yaml") as f:
+        assert yaml.safe_load(f) == validate(smoke_config)
