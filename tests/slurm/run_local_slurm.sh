@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# The smoke benchmark through a real SLURM: a one-node cluster on this machine (loopback), driven by
+# snakemake-executor-plugin-slurm with tests/slurm/profile. Needs root on a Debian-like machine (it installs
+# the slurm and munge packages when missing and writes /etc/slurm/slurm.conf) and an environment with
+# ev3[cluster] active. Outputs go to results/slurm_smoke/ (rewritten on every run).
+#   bash tests/slurm/run_local_slurm.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+BENCHMARK=slurm_smoke
+CONFIG=config/smoke.yaml
+MARKER="# Written by ev3 tests/slurm/run_local_slurm.sh"
+start=$(date +%s)
+
+die() { echo "run_local_slurm: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "needs root (installs packages, writes /etc/slurm/slurm.conf, starts the daemons)"
+python -c "import snakemake_executor_plugin_slurm" 2>/dev/null \
+    || die "snakemake-executor-plugin-slurm is not installed in this environment: pip install -e '.[cluster]'"
+
+if ! command -v slurmctld >/dev/null; then
+    echo "run_local_slurm: installing slurm and munge"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        slurmctld slurmd slurm-client munge >/dev/null
+fi
+
+if [ -e /etc/slurm/slurm.conf ] && ! grep -qxF "$MARKER" /etc/slurm/slurm.conf; then
+    die "/etc/slurm/slurm.conf exists and was not written by this script; not touching a real cluster's configuration"
+fi
+for daemon in slurmctld slurmd; do
+    if grep -qxF "$daemon" /proc/[0-9]*/comm 2>/dev/null; then die "$daemon is already running; stop it first"; fi
+done
+
+HOST=$(hostname -s)
+CPUS=$(nproc)
+MEM_MB=$(awk '/^MemTotal:/ {print int($2 / 1024) - 1024}' /proc/meminfo)
+[ "$MEM_MB" -gt 1024 ] || die "too little memory for the test cluster (${MEM_MB} MiB after 1 GiB reserve)"
+# Daemon state, spool, pid and log files live in a fresh directory, so no job of an earlier run survives.
+STATE=$(mktemp -d /tmp/ev3-slurm.XXXXXX)
+mkdir -p "$STATE/ctld" "$STATE/spool"
+
+PIDS=()
+cleanup() {
+    local rc=$?
+    if [ "${#PIDS[@]}" -gt 0 ]; then
+        scancel --quiet --user "$(id -un)" 2>/dev/null || true  # jobs of this private cluster only
+        kill "${PIDS[@]}" 2>/dev/null || true
+        wait "${PIDS[@]}" 2>/dev/null || true
+    fi
+    # With slurm.conf naming a controller that is gone, every `scontrol show config` waits 10 s, and the plugin
+    # runs one whenever Snakemake loads it, so any later snakemake command here would start 10 s slower.
+    if grep -qxF "$MARKER" /etc/slurm/slurm.conf 2>/dev/null; then rm -f /etc/slurm/slurm.conf; fi
+    if [ "$rc" -ne 0 ] && [ -n "${STATE:-}" ]; then
+        echo "run_local_slurm: failed; daemon logs in $STATE" >&2
+        tail -n 20 "$STATE"/*.log 2>/dev/null >&2 || true
+    else
+        rm -rf "$STATE"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+
+# The configuration must be /etc/slurm/slurm.conf: the plugin's job step drops SLURM_CONF before its srun.
+mkdir -p /etc/slurm
+cat >/etc/slurm/slurm.conf <<EOF
+$MARKER
+ClusterName=ev3test
+SlurmctldHost=$HOST(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/spool
+SlurmctldPidFile=$STATE/slurmctld.pid
+SlurmdPidFile=$STATE/slurmd.pid
+SlurmctldLogFile=$STATE/slurmctld.log
+SlurmdLogFile=$STATE/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+MinJobAge=300
+ReturnToService=2
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+EOF
+
+# munge: reuse a running munged, else start one (as user munge, with a key created if missing).
+if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+    if [ ! -s /etc/munge/munge.key ]; then
+        mkdir -p /etc/munge
+        dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    fi
+    chown munge:munge /etc/munge/munge.key
+    chmod 400 /etc/munge/munge.key
+    mkdir -p /run/munge /var/lib/munge /var/log/munge
+    chown munge:munge /run/munge /var/lib/munge /var/log/munge
+    setpriv --reuid=munge --regid=munge --init-groups /usr/sbin/munged --foreground >"$STATE/munged.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.2; done
+    munge -n | unmunge >/dev/null || die "munged did not start"
+fi
+
+slurmctld -D -c >"$STATE/slurmctld.out" 2>&1 &
+PIDS+=($!)
+slurmd -D >"$STATE/slurmd.out" 2>&1 &
+PIDS+=($!)
+
+state=""
+for _ in $(seq 60); do
+    state=$(sinfo -h -N -n "$HOST" -o %t 2>/dev/null || true)
+    [ "$state" = idle ] && break
+    sleep 1
+done
+[ "$state" = idle ] || die "node $HOST not idle after 60 s (sinfo says '${state:-nothing}')"
+echo "run_local_slurm: SLURM up on $HOST ($CPUS CPUs, $MEM_MB MiB) after $(( $(date +%s) - start )) s"
+
+rm -rf "results/$BENCHMARK"
+mkdir -p "results/$BENCHMARK"
+LOG="results/$BENCHMARK/snakemake-slurm.log"
+run_start=$(date +%s)
+# Jobs inherit this shell's environment (sbatch --export=ALL), so they find this environment's python.
+if ! python -m snakemake --profile tests/slurm/profile --configfile "$CONFIG" --config "benchmark=$BENCHMARK" \
+        >"$LOG" 2>&1; then
+    tail -n 60 "$LOG" >&2
+    die "snakemake through SLURM failed (full log: $LOG)"
+fi
+run_wall=$(( $(date +%s) - run_start ))
+
+# Every run's metrics, the summary table, and every cluster job submitted through SLURM.
+read -r expected_runs expected_jobs < <(python - "$CONFIG" <<'EOF'
+import sys, yaml
+c = yaml.safe_load(open(sys.argv[1]))
+runs = len(c["datasets"]) * len(c["students"]) * len(c["methods"]) * len(c["seeds"])
+print(runs, len(c["datasets"]) * 2 + runs)  # prepare_data and train_teacher per dataset, train_student per run
+EOF
+)
+R="results/$BENCHMARK"
+[ -s "$R/tables/summary.csv" ] || die "missing $R/tables/summary.csv"
+runs=$(find "$R/runs" -name metrics.json | wc -l)
+[ "$runs" -eq "$expected_runs" ] || die "$runs student metrics.json in $R/runs, expected $expected_runs"
+submitted=$(grep -c "has been submitted with SLURM jobid" "$LOG" || true)
+[ "$submitted" -eq "$expected_jobs" ] \
+    || die "$submitted jobs submitted through SLURM (see $LOG), expected $expected_jobs"
+# The controller's own record: every job it ran, and its exit status (squeue forgets jobs after MinJobAge).
+completed=$(grep -c "_job_complete: JobId=[0-9]* WEXITSTATUS 0$" "$STATE/slurmctld.log" || true)
+[ "$completed" -eq "$expected_jobs" ] || die "slurmctld saw $completed jobs exit 0, expected $expected_jobs"
+
+echo "run_local_slurm: OK: $submitted SLURM jobs, $runs runs, $R/tables/summary.csv;" \
+    "snakemake ${run_wall} s, total $(( $(date +%s) - start )) s"
