@@ -12,6 +12,7 @@ measured there (e.g. with benchmarks/resnet_throughput.py on the GPU). No datase
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -26,12 +27,22 @@ from ev3 import methods, models  # noqa: E402
 from ev3.config import RunSpec, student_run, teacher_models, teacher_run, validate  # noqa: E402
 from ev3.data import TFDS_IMAGES, Dataset  # noqa: E402
 from ev3.methods.common import Frozen  # noqa: E402
-from ev3.train import flops_of  # noqa: E402
+from ev3.train import flops_of, frozen_logits  # noqa: E402
 
 SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
 
 
 def step_flops(spec: RunSpec, data: Dataset, teacher) -> float:
+    """XLA FLOPs of one student step. EV3 (host-driven, no single step): a candidate step (a scratch step of
+    the student) plus its share of the round's teacher forwards (one per batch for K candidates); its
+    assess/decide evaluations are selection compute and not included."""
+    if spec.method_type == "ev3":
+        o = spec.options
+        k = len(o["losses"]) * len(o["optimizers"])
+        student = step_flops(dataclasses.replace(spec, method_type="scratch", options={}), data, None)
+        b = spec.train["batch_size"]
+        forward = flops_of(jax.jit(frozen_logits).lower(teacher, jnp.zeros((b, *data.input_shape), jnp.float32)))
+        return student + forward / k
     method = methods.get(spec.method_type)
     state = method.init(spec, data, teacher, jax.random.key(0))
     b = spec.train["batch_size"]
@@ -61,7 +72,10 @@ def main() -> None:
         for student in config["students"]:
             for method in config["methods"]:
                 spec = RunSpec.from_dict(student_run(config, dataset, student, method, 0))
-                rows.append((method, student, len(config["seeds"]), spec.train["steps"], step_flops(spec, data, teachers[spec.teacher])))
+                o = spec.options
+                steps = (o["iterations"] * len(o["losses"]) * len(o["optimizers"]) * o["steps_per_candidate"]
+                         if spec.method_type == "ev3" else spec.train["steps"])
+                rows.append((method, student, len(config["seeds"]), steps, step_flops(spec, data, teachers[spec.teacher])))
     print(f"{'job':12s} {'model':10s} {'runs':>4s} {'steps':>8s} {'GFLOP/step':>11s} {'PFLOP/run':>10s} {'GPU-h/run':>9s}")
     for method, model, runs, steps, f in rows:
         run_flops = f * steps

@@ -22,9 +22,6 @@ from ev3.data import EMBEDDED
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflow", "schemas", "config.schema.yaml")
 
 
-BATCHNORM_MODELS = ("resnet", "wrn")  # model types with BatchNorm statistics
-
-
 class ConfigError(ValueError):
     """An invalid benchmark or run config; the message names the key path."""
 
@@ -73,13 +70,6 @@ def validate(config: dict) -> dict:
     if isinstance(model, dict) and set(model) != set(config["students"]):
         missing = sorted(set(config["students"]) - set(model))
         raise ConfigError(f"teacher/model/{missing[0]}: no teacher for this student (a mapping needs every student)")
-    batchnorm = [s for s in config["students"] if config["models"][s]["type"] in BATCHNORM_MODELS]
-    for name, method in config["methods"].items():
-        if method["type"] == "ev3" and batchnorm:
-            raise ConfigError(
-                f"methods/{name}: ev3 trains candidates without BatchNorm statistics, so it does not support the "
-                f"BatchNorm students {batchnorm}; use mlp/cnn students for ev3"
-            )
     for student, published in config.get("anchors", {}).items():
         if student not in config["students"]:
             raise ConfigError(f"anchors/{student}: not one of the students {config['students']}")

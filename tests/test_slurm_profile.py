@@ -95,3 +95,26 @@ def test_cluster_profile_has_no_test_cluster_settings():
     default = os.path.join(ROOT, "profiles", "default")
     if os.path.exists(os.path.join(default, "config.yaml")):  # a default profile applies to local runs too
         assert not {"executor", "default-resources", "set-resources"} & set(load(default))
+
+
+def test_the_cifar100_recipe_plans_its_full_dag_with_gpus(tmp_path):
+    """The standard recipe through the cluster profile: 3 teachers (one per student), 3 students × 5 methods ×
+    3 seeds, every training job with the profile's resources and one GPU, the data job only checking."""
+    config_path = os.path.join(ROOT, "config", "cifar100.yaml")
+    # A dry run caps rule threads at --cores (1 unless given); a SLURM run leaves --cores unset and does not.
+    out = snakemake(tmp_path, "-n", "--cores", "64", "--profile", PROFILE, "--configfile", config_path,
+                    "--config", "benchmark=slurm_cifar100_dry_run")
+    with open(config_path) as f:
+        config = yaml.safe_load(f)
+    profile, planned = load(PROFILE), planned_resources(out)
+    students = len(config["students"]) * len(config["methods"]) * len(config["seeds"])
+    assert len(planned["train_student"]) == students == 45 and len(planned["train_teacher"]) == 3
+    assert "check_data" in out and "prepare_data" not in planned  # TFDS data is prepared beforehand, only checked
+    for rule in ("train_teacher", "train_student"):
+        want = {**profile["default-resources"], **profile["set-resources"][rule]}
+        for resources in planned[rule]:
+            assert resources.get("gpu") == "1", (rule, resources)
+            for name, value in want.items():
+                assert resources.get(name) == expected(value, config["threads"]), (rule, name, resources)
+    for teacher in ("resnet56", "resnet32x4", "wrn40_2"):
+        assert f"teacher/cifar100/{teacher}/seed0/checkpoint" in out

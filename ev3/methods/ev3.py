@@ -51,13 +51,26 @@ from ev3.train import (
 FAMILIES = {"adam": ADAM, "sgd": SGD}
 
 
-class _Arch:
-    """One student architecture: its config, static graphdef/rest, and the pure functions compiled for it."""
+def _variables(net: models.Network) -> dict:
+    """EV3's "parameters" of a student: trainable ``params`` and BatchNorm statistics ``rest`` (empty for the
+    MLP and CNN) in one pytree, so candidates, the stable checkpoint and resume carry both."""
+    return {"params": net.params, "rest": net.rest}
 
-    def __init__(self, config: dict, graphdef, rest):
-        self.config, self.graphdef, self.rest = config, graphdef, rest
-        self.apply = lambda params, x: models.apply(graphdef, params, rest, x)[0]
+
+class _Arch:
+    """One student architecture: its config, static graphdef, and the pure functions compiled for it.
+
+    ``apply(v, x)`` is the eval-mode forward (running statistics) used to assess, decide and evaluate;
+    ``train_apply(v, x) -> (logits, v with updated statistics)`` is the training forward of explore."""
+
+    def __init__(self, config: dict, graphdef):
+        self.config, self.graphdef = config, graphdef
+        self.apply = lambda v, x: models.apply(graphdef, v["params"], v["rest"], x)[0]
         self.fns: dict = {}
+
+    def train_apply(self, v, x):
+        logits, rest = models.apply(self.graphdef, v["params"], v["rest"], x, train=True)
+        return logits, {"params": v["params"], "rest": rest}
 
     def fn(self, name: str, make):
         if name not in self.fns:
@@ -109,7 +122,7 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
     o = spec.options
     key = seed_key(spec.seed)
     init = models.build(spec.model, data.input_shape, data.num_classes, stream(key, "student_init"))
-    arch = _Arch(dict(spec.model), init.graphdef, init.rest)
+    arch = _Arch(dict(spec.model), init.graphdef)
     stable_arch = arch
     counter = Counter()
     candidates = _candidates(o)
@@ -122,7 +135,7 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
     def init_opt_states(params):
         return {fam: init_family(FAMILIES[fam], params, ohp) for fam, (_, _, ohp) in families.items()}
 
-    state = init_state(init.params, init_opt_states(init.params))
+    state = init_state(_variables(init), init_opt_states(_variables(init)))
     x_train, y_train = data.splits["train"]
     x_meta, y_meta = data.splits["meta"]
     half = x_meta.shape[0] // 2  # meta is stratified and shuffled per class: first half assesses, rest decides
@@ -150,7 +163,7 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
             name = _arch_name(config)
             if name not in built:
                 net = models.build(config, data.input_shape, data.num_classes, jax.random.key(0))
-                built[name] = (_Arch(config, net.graphdef, net.rest), net.params)
+                built[name] = (_Arch(config, net.graphdef), _variables(net))
             return built[name]
 
         def likes(meta):
@@ -206,7 +219,7 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
 
         family_params, new_opt_states, losses = [], {}, np.zeros(K)
         for fam, (ids, lhp, ohp) in families.items():  # candidate ids are contiguous per family, in order
-            fn = arch.fn(f"explore_{fam}", lambda fam=fam: partial(explore, arch.apply, FAMILIES[fam]))
+            fn = arch.fn(f"explore_{fam}", lambda fam=fam: partial(explore, arch.train_apply, FAMILIES[fam]))
             args = (state.params, state.opt_states[fam], lhp, ohp, (xb, yb), teacher_logits)
             compiled, f = counter.compile(f"explore_{fam}", fn, *args)
             flops["student"] += f * L
@@ -240,10 +253,11 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
         decisions.append(decision)
 
         if o["growth"] and state.stall_count >= o["growth"]["patience"] and size(arch.config) < o["growth"]["max_size"]:
-            before, old_config = models.param_count(state.params), arch.config
-            new_config, grown = grow(arch.config, models.Network(arch.graphdef, state.params, arch.rest), data.input_shape, data.num_classes)
-            arch = _Arch(new_config, grown.graphdef, grown.rest)
-            state = state._replace(params=grown.params, opt_states=init_opt_states(grown.params), stall_count=0)
+            before, old_config = models.param_count(state.params["params"]), arch.config
+            current = models.Network(arch.graphdef, state.params["params"], state.params["rest"])
+            new_config, grown = grow(arch.config, current, data.input_shape, data.num_classes)
+            arch = _Arch(new_config, grown.graphdef)
+            state = state._replace(params=_variables(grown), opt_states=init_opt_states(_variables(grown)), stall_count=0)
             growth_events.append({"iteration": it, "student_steps": student_steps, "from_arch": _arch_name(old_config),
                                   "to_arch": _arch_name(new_config), "params_before": before, "params": models.param_count(grown.params)})
             log(f"[{spec.method} seed{spec.seed}] iteration {it}: grew to {growth_events[-1]['to_arch']}")
@@ -297,8 +311,8 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
         store.close()
     merge_compiles(counter, resumed)  # compiles counted by name, as across a resume
 
-    def as_state(a: _Arch, params):
-        return SupervisedState(Student(a.graphdef, None, params, a.rest, None), None, {})
+    def as_state(a: _Arch, v):
+        return SupervisedState(Student(a.graphdef, None, v["params"], v["rest"], None), None, {})
 
     accepted = sum(d["accepted"] for d in decisions)
     compute = compute_counters(
@@ -316,9 +330,9 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
         "decisions": decisions,
         "growth_events": growth_events,
         "final_arch": stable_arch.config,
-        "final_params": models.param_count(state.stable_params),
+        "final_params": models.param_count(state.stable_params["params"]),
         "selected_arch": best[1].config,
-        "selected_params": models.param_count(best[2]),
+        "selected_params": models.param_count(best[2]["params"]),
         "current_arch": arch.config,
         "trajectory": trajectory,
         "mean_candidate_losses_last": [float(x) for x in last_losses],
@@ -333,7 +347,8 @@ def _min_finite(losses: np.ndarray) -> float | None:
 
 
 def _arch_name(config: dict) -> str:
-    return f"{config['type']}-{'depth' if config['type'] == 'mlp' else 'convs'}{size(config)}"
+    unit = {"mlp": "depth", "cnn": "convs"}.get(config["type"], "blocks")
+    return f"{config['type']}-{unit}{size(config)}"
 
 
 def _json_safe(obj):

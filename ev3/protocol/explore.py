@@ -1,6 +1,7 @@
 """EV3 explore: K candidates trained from the same params, vectorized over candidates.
 
-Shapes: ``K`` candidates, ``L`` steps, ``B`` batch, ``C`` classes. A model is a pure ``apply(params, x) -> (B, C)``.
+Shapes: ``K`` candidates, ``L`` steps, ``B`` batch, ``C`` classes. A model is a pure ``apply(params, x) -> (B, C)``,
+or, with BatchNorm, ``apply(params, x) -> ((B, C), params with updated statistics)`` (see ``_step``).
 A *family* is one optax constructor wrapped by ``optax.inject_hyperparams``: its candidates differ only in
 hyperparameter values ``{name: (K,)}``, which live in the optimizer state, so all candidates of a family share
 one state structure and run as one ``jax.vmap``. Loss hyperparameters are ``{w, t_kd, t_ce}``, each ``(K,)``.
@@ -64,12 +65,22 @@ def _with_hparams(opt_state, hp):
 
 
 def _step(apply, opt, loss_hp, carry, inputs):
-    """One optimizer step of one candidate on one batch; returns ``((params, opt_state), loss before the step)``."""
+    """One optimizer step of one candidate on one batch; returns ``((params, opt_state), loss before the step)``.
+
+    A stateful forward (BatchNorm in train mode) returns ``(logits, params with updated statistics)``; the
+    updates are applied to those. Statistics get no gradient, so their updates are 0 (SGD with momentum and
+    Adam without weight decay, the families here) and they keep the forward's new values."""
     params, opt_state = carry
     x, y, t = inputs
-    loss, grads = jax.value_and_grad(lambda p: candidate_loss(apply(p, x), t, y, loss_hp))(params)
+
+    def objective(p):
+        out = apply(p, x)
+        logits, after = out if isinstance(out, tuple) else (out, p)
+        return candidate_loss(logits, t, y, loss_hp), after
+
+    (loss, after), grads = jax.value_and_grad(objective, has_aux=True)(params)
     updates, opt_state = opt.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
+    return (optax.apply_updates(lax.stop_gradient(after), updates), opt_state), loss
 
 
 def _run_candidate(apply, family, params, opt_state, loss_hp, opt_hp, batches, teacher_logits_batches):
