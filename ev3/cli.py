@@ -4,8 +4,7 @@ Commands: ``prepare-data NAME --data-dir DIR``; ``check-data NAME --data-dir DIR
 TFDS dataset is present: write its description to ``OUT/source.json``; reads only the file system, so it
 fails in well under a second offline); ``train RUN_JSON --out DIR [--state-dir DIR] [--threads N]
 [--compile-cache DIR]``; ``aggregate RESULTS_ROOT``; ``validate CONFIG``.
-``--threads`` limits XLA's CPU threads and pins the job to that many free cores (``ev3.cores``); both are
-applied before JAX is imported. ``--state-dir`` holds the run's
+``--threads`` limits XLA's CPU threads; it is applied before JAX is imported. ``--state-dir`` holds the run's
 resume state: an interrupted run rerun with the same command resumes from its last checkpoint there.
 ``--compile-cache`` is JAX's persistent compilation cache: runs that differ only in seeds or values (same
 shapes, same code) load each other's compiled kernels instead of compiling again.
@@ -18,8 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-
-from ev3.cores import claim
 
 
 def limit_threads(threads: int) -> None:
@@ -81,9 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         if args.threads:
             limit_threads(args.threads)
-            cores, _core_locks = claim(args.threads)  # the locks stay held until this process exits
-            if cores:
-                print(f"pinned to CPU cores {cores}", file=sys.stderr)
 
     try:
         if args.command == "prepare-data":
