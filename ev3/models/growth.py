@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ev3 import models
+from ev3.models.resnet import blocks_per_stage
 
 
 def grown_config(model_config: dict) -> dict:
@@ -46,8 +47,7 @@ def size(model_config: dict) -> int:
         return c["depth"]
     if c["type"] == "cnn":
         return len(c["channels"])
-    per_stage = (c["depth"] - (2 if c["type"] == "resnet" else 4)) // 6
-    return 3 * per_stage + c.get("extra_blocks", 0)
+    return 3 * blocks_per_stage(c["type"], c["depth"]) + c.get("extra_blocks", 0)
 
 
 def grow(model_config: dict, network: models.Network, input_shape, num_classes: int) -> tuple[dict, models.Network]:

@@ -77,9 +77,14 @@ def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     raise ValueError(f"ResNets take (H, W, C) or (H, W) images, got input shape {input_shape}")
 
 
-def _blocks_per_stage(depth: int, offset: int, name: str) -> int:
+DEPTH_OFFSET = {"resnet": 2, "wrn": 4}  # depth = 6n + offset, n blocks per stage
+
+
+def blocks_per_stage(model_type: str, depth: int) -> int:
+    """``n`` of a ``resnet`` (depth 6n + 2) or ``wrn`` (depth 6n + 4); raises ValueError for other depths."""
+    offset = DEPTH_OFFSET[model_type]
     if depth < 6 + offset or (depth - offset) % 6:
-        raise ValueError(f"{name} depth must be 6n + {offset} with n ≥ 1, got {depth}")
+        raise ValueError(f"{model_type} depth must be 6n + {offset} with n ≥ 1, got {depth}")
     return (depth - offset) // 6
 
 
@@ -133,7 +138,7 @@ class ResNet(nnx.Module):
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, depth: int, width: int = 1,
                  extra_blocks: int = 0, dtype: str = "float32", rngs: nnx.Rngs):
-        n = _blocks_per_stage(depth, 2, "ResNet")
+        n = blocks_per_stage("resnet", depth)
         dtype = jnp.dtype(dtype)
         self.image_shape = _image_shape(input_shape)
         stem = 16 if width == 1 else 32
@@ -157,7 +162,7 @@ class WideResNet(nnx.Module):
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, depth: int, widen: int = 1,
                  extra_blocks: int = 0, dtype: str = "float32", rngs: nnx.Rngs):
-        n = _blocks_per_stage(depth, 4, "WRN")
+        n = blocks_per_stage("wrn", depth)
         dtype = jnp.dtype(dtype)
         self.image_shape = _image_shape(input_shape)
         widths = [16 * widen, 32 * widen, 64 * widen]
