@@ -217,18 +217,20 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None,
     augment = augment_fn(spec.train.get("augment"))
 
     # The data and keys are arguments, never constants: no dataset inside the executable, and other seeds
-    # reuse the compiled kernel.
-    def loop_step(state, loss_sum, train, perm, step_key, j, i):
-        idx = jax.lax.dynamic_slice_in_dim(perm, j * batch_size, batch_size)
+    # reuse the compiled kernel. The state crosses the call as its flat list of leaves (flattening flax NNX
+    # variables on every call is host work that competes with XLA for the cores), and the step index lives on
+    # device and comes back incremented, so a step sends nothing from the host.
+    def loop_step(leaves, loss_sum, i, train, perm, step_key):
+        idx = jax.lax.dynamic_slice_in_dim(perm, (i % per_epoch) * batch_size, batch_size)
         (x, y), key = (train[0][idx], train[1][idx]), jax.random.fold_in(step_key, i)
         if dp:
             x, y = dp.constrain_batch((x, y))
         if augment is not None:  # its own stream: the method's key is the same with or without augmentation
             x = augment(stream(key, "augment"), x)
-        state, logs = method.step(state, (x, y), key)
+        state, logs = method.step(jax.tree.unflatten(treedef, leaves), (x, y), key)
         if dp:
             state = dp.constrain_replicated(state)
-        return state, loss_sum + logs["loss"]
+        return jax.tree.leaves(state), loss_sum + logs["loss"], i + 1
 
     def permutation(key, epoch):  # the key is an argument, so runs with other seeds reuse the compiled kernel
         return jax.random.permutation(jax.random.fold_in(key, epoch), n)
@@ -238,8 +240,9 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None,
     i32 = np.int32
     train = (x_all, y_all)
     perm_c, _ = counter.compile("permutation", permutation, order_key, i32(0))
+    leaves, treedef = jax.tree.flatten(state)
     step_c, step_flops = counter.compile(
-        "step", loop_step, state, zero, train, perm_c(order_key, i32(0)), step_key, i32(0), i32(0), donate_argnums=(0,)
+        "step", loop_step, leaves, zero, put(i32(0)), train, perm_c(order_key, i32(0)), step_key, donate_argnums=(0, 2)
     )
     finite_c, _ = counter.compile("all_finite", _all_finite, state)
     teacher_fwd_flops = 0.0
@@ -263,15 +266,17 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None,
             selection_flops, train_s = resumed["selection_flops"], resumed["train_s"]
             t_start -= resumed["wall_s"]  # the wall time before the interruption counts too
             log(f"[{spec.method} seed{spec.seed}] resumed from step {start} ({state_dir})")
+    leaves, step_index = jax.tree.leaves(state), put(jnp.int32(start))
     t_loop = time.perf_counter()
     for i in range(start, steps):
         epoch, j = divmod(i, per_epoch)
         if j == 0 or perm is None:
             perm = perm_c(order_key, i32(epoch))
-        state, loss_sum = step_c(state, loss_sum, train, perm, step_key, i32(j), i32(i))
+        leaves, loss_sum, step_index = step_c(leaves, loss_sum, step_index, train, perm, step_key)
         since_eval += 1
         done = i + 1
         if done % eval_every == 0 or done == steps:
+            state = jax.tree.unflatten(treedef, leaves)
             train_loss = float(loss_sum) / since_eval  # host sync
             train_s += time.perf_counter() - t_loop
             if not (math.isfinite(train_loss) and bool(finite_c(state))):
