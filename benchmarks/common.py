@@ -27,6 +27,44 @@ def steady_time(fn, *args, warmup: int = 3, repeats: int = 20) -> float:
     return times[len(times) // 2]
 
 
+def interleaved_times(fns: dict, *, rounds: int = 5, repeats: int = 20, warmup: int = 3) -> dict:
+    """Median seconds per call of each ``fns[name]()`` (results blocked on), measured in ``rounds`` alternating
+    blocks of ``repeats`` calls each, so a slow spell of the machine hits every function alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    samples = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn())
+                samples[name].append(time.perf_counter() - t0)
+    return {name: sorted(t)[len(t) // 2] for name, t in samples.items()}
+
+
+def trainer_step(step, state, batch, key):
+    """``run() -> loss``: one call of the method ``step(state, batch, key) -> (state, logs)`` as ``ev3.train.fit``
+    makes it (jitted over the state's flat leaves, donated; the state is copied once and carried from call to
+    call). The batch and key stay fixed."""
+    import jax.numpy as jnp
+
+    leaves, treedef = jax.tree.flatten(state)
+
+    def flat_step(leaves, batch, key):
+        state, logs = step(jax.tree.unflatten(treedef, leaves), batch, key)
+        return jax.tree.leaves(state), logs["loss"]
+
+    compiled = jax.jit(flat_step, donate_argnums=(0,)).lower(leaves, batch, key).compile()
+    carried = [jax.tree.map(jnp.copy, leaves)]
+
+    def run():
+        carried[0], loss = compiled(carried[0], batch, key)
+        return loss
+
+    return run
+
+
 def cpu_seconds() -> float:
     """User + system CPU seconds of this process so far (all its threads): CPU / wall = cores kept busy."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -50,3 +88,16 @@ def record(name: str, **values) -> dict:
     with open(RESULTS, "a") as f:
         f.write(json.dumps(line) + "\n")
     return line
+
+
+def latest_peak(setting: str) -> float | None:
+    """The newest ``peak_flops_per_s`` that ``benchmarks/peak.py`` recorded for ``setting`` ("core": one pinned
+    core; "flags": XLA's single-thread flags; "default": XLA's default threads), or None if it never ran."""
+    peak = None
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            for line in f:
+                row = json.loads(line)
+                if row.get("benchmark") == "peak" and row.get("setting") == setting:
+                    peak = row["peak_flops_per_s"]
+    return peak

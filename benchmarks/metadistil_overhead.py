@@ -2,8 +2,9 @@
 
     python benchmarks/metadistil_overhead.py
 
-Both steps are the methods' own jitted ``step`` on the default 256×2 MLP student, batch 128, mnist1d shapes;
-theory ≈ 3 (pilot forward/backward + second-order meta-gradient + the real KD step).
+Both steps are the methods' own ``step`` as the trainer calls it (``benchmarks.common.trainer_step``) on the
+default 256×2 MLP student, batch 128, mnist1d shapes, timed in alternating blocks (medians); theory ≈ 3 (pilot
+forward/backward + second-order meta-gradient + the real KD step).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import record, steady_time  # noqa: E402
+from benchmarks.common import interleaved_times, record, trainer_step  # noqa: E402
 from ev3 import models  # noqa: E402
 from ev3.methods import kd, metadistil  # noqa: E402
 from ev3.methods.common import Frozen  # noqa: E402
@@ -41,11 +42,13 @@ def main() -> None:
         net = models.build(cfg, (40,), 10, jax.random.key(1))
         teacher = Frozen(net.graphdef, net.params, net.rest)
         spec = SimpleNamespace(model=STUDENT, train=train, options=OPTIONS)
-        times = {}
-        for method in (kd, metadistil):
-            state = method.init(spec, data, teacher, jax.random.key(0))
-            step = jax.jit(method.step)
-            times[method.__name__.split(".")[-1]] = steady_time(lambda: step(state, (x, y), jax.random.key(2)), repeats=50)
+        steps = {
+            method.__name__.split(".")[-1]: trainer_step(
+                method.step, method.init(spec, data, teacher, jax.random.key(0)), (x, y), jax.random.key(2)
+            )
+            for method in (kd, metadistil)
+        }
+        times = interleaved_times(steps, rounds=10, repeats=20)
         ratio = times["metadistil"] / times["kd"]
         record("metadistil_overhead", teacher=name, kd_s=times["kd"], metadistil_s=times["metadistil"], ratio=ratio)
         print(f"{name} teacher: KD step {times['kd'] * 1e3:.2f} ms, MetaDistil round {times['metadistil'] * 1e3:.2f} ms,"

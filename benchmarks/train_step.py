@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -44,7 +43,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 import yaml  # noqa: E402
 
-from benchmarks.common import RESULTS, cpu_seconds, record, steady_time  # noqa: E402
+from benchmarks.common import cpu_seconds, latest_peak, record, steady_time  # noqa: E402
 from ev3 import data as ev3_data  # noqa: E402
 from ev3 import methods, models  # noqa: E402
 from ev3.config import RunSpec, student_run, teacher_run, validate  # noqa: E402
@@ -56,18 +55,6 @@ MODELS = {
     "cnn (teacher)": {"type": "cnn", "channels": [25, 25, 25], "kernel_size": 5, "stride": 2},
 }
 BATCH, LR = 128, 1e-3
-
-
-def single_core_peak() -> float | None:
-    """The newest single-core ``peak_flops_per_s`` in results.jsonl, or None."""
-    peak = None
-    if os.path.exists(RESULTS):
-        with open(RESULTS) as f:
-            for line in f:
-                row = json.loads(line)
-                if row.get("benchmark") == "peak" and row.get("setting") == "core":
-                    peak = row["peak_flops_per_s"]
-    return peak
 
 
 def run_spec(config: dict, data_dir: str, model: dict, steps: int, teacher: bool) -> RunSpec:
@@ -117,7 +104,7 @@ def main() -> None:
     args = p.parse_args()
     with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
         config = validate(yaml.safe_load(f))
-    peak = single_core_peak()
+    peak = latest_peak("core")
     with tempfile.TemporaryDirectory() as data_dir:
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
             ev3_data.prepare("mnist1d", data_dir)  # quiet: TFDS progress bars
