@@ -10,13 +10,14 @@ process to one CPU, which those flags alone do not guarantee):
   its ``compute["steps_per_s"]`` excludes compilation and evaluations;
 - bare: the same model (``ev3.models``), batch gather and optimizer (``optax.adam``) in one jitted step with
   donated parameters, called ``steps`` times in a Python loop: the first loop after compiling (``bare first``,
-  what the trainer's single pass is comparable to) and the median of ``repeats`` more (``bare``, warm).
+  what the trainer's single pass is comparable to) and the median of ``repeats`` more (``bare``, warm), each
+  run right after one of the trainer's (alternating).
 
 The ratio trainer / bare (warm) is the trainer's efficiency (1.0: no overhead; target ≥ 0.95); ``first`` is
 trainer / bare first. Achieved FLOP/s are XLA cost-analysis FLOPs per step × steps/s; MFU divides the
 trainer's by the single-core matmul peak (setting ``core``) that ``benchmarks/peak.py`` last recorded in
 benchmarks/results.jsonl (omitted if it never ran). ``cores busy`` is process CPU seconds / wall seconds of the
-bare loops (1.0: one core).
+warm bare loops (1.0: one core).
 """
 
 from __future__ import annotations
@@ -114,14 +115,18 @@ def main() -> None:
               f" {'trainer GFLOP/s':>15} | {'bare GFLOP/s':>12} | {'MFU':>5} | {'cores busy':>10}")
         for name, model in MODELS.items():
             spec = run_spec(config, data_dir, model, args.steps, teacher=model["type"] == "cnn")
-            results = [fit(methods.get("scratch"), spec, data, None, log=lambda s: None) for _ in range(args.repeats)]
+            run, bare_flops = bare_loop(model, data, args.steps)
+            bare_first = args.steps / steady_time(run, warmup=0, repeats=1)
+            results, bare_runs, bare_cpu, bare_wall = [], [], 0.0, 0.0
+            for _ in range(args.repeats):  # alternating, so a slow spell of the machine hits both alike
+                results.append(fit(methods.get("scratch"), spec, data, None, log=lambda s: None))
+                cpu0, wall0 = cpu_seconds(), time.perf_counter()
+                bare_runs.append(args.steps / steady_time(run, warmup=0, repeats=1))
+                bare_cpu, bare_wall = bare_cpu + cpu_seconds() - cpu0, bare_wall + time.perf_counter() - wall0
             trainer = statistics.median(r.compute["steps_per_s"] for r in results)
             trainer_flops = results[0].compute["flops_student"] / args.steps
-            run, bare_flops = bare_loop(model, data, args.steps)
-            cpu0, wall0 = cpu_seconds(), time.perf_counter()
-            bare_first = args.steps / steady_time(run, warmup=0, repeats=1)
-            bare = args.steps / steady_time(run, warmup=0, repeats=args.repeats)
-            cores_busy = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+            bare = statistics.median(bare_runs)
+            cores_busy = bare_cpu / bare_wall
             ratio = trainer / bare
             achieved = {"trainer": trainer_flops * trainer, "bare": bare_flops * bare}
             mfu = {k: v / peak for k, v in achieved.items()} if peak else None
