@@ -4,7 +4,7 @@
 
 Runs ``snakemake -s workflow/Snakefile --cores N --configfile FILE`` into a fresh temporary ``--directory``
 (default: the smoke config, a few minutes on 2 CPU cores; ``--config-file config/config.yaml`` is the full
-default benchmark, about 20 minutes) and times it. Each job's wall time comes from Snakemake's log (its
+default benchmark, about 12 minutes) and times it. Each job's wall time comes from Snakemake's log (its
 timestamps have 1 s resolution); each training job's ``metrics.json`` splits its ``compute.wall_s`` into
 ``compile_s`` (ahead-of-time compiles of the training loop, loaded from the DAG's persistent compilation cache
 when another job already compiled the same kernels) and steady work (``wall_s − compile_s``: training steps

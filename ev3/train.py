@@ -9,7 +9,9 @@ Conventions
   jitted step. The step key is stream ``step`` folded with the step number. With ``train.augment`` (images),
   the batch is augmented on device in the same step (``ev3.data.augment``, stream ``augment`` of the step key).
 - The Python loop calls one ahead-of-time compiled step per iteration (conv training inside ``lax.scan`` is
-  much slower on CPU); the loss is summed on device and fetched only at evaluations.
+  much slower on CPU); the loss is summed on device and fetched only at evaluations. The step takes and returns
+  the state's flat list of leaves and a device-resident step index, so a call does no pytree flattening and
+  no host-to-device transfer.
 - FLOPs: XLA's ``cost_analysis()`` of each compiled call × its number of calls. ``flops_teacher`` = teacher
   forward cost on a batch × (teacher forwards + 2 × teacher backwards; a backward pass is counted as two
   forwards); ``flops_student`` = the rest of the training steps; ``flops_selection`` = evaluations on ``val``.
