@@ -45,16 +45,18 @@ def interleaved_times(fns: dict, *, rounds: int = 5, repeats: int = 20, warmup: 
 
 def trainer_step(step, state, batch, key):
     """``run() -> loss``: one call of the method ``step(state, batch, key) -> (state, logs)`` as ``ev3.train.fit``
-    makes it (jitted over the state's flat leaves, donated; the state is copied once and carried from call to
-    call). The batch and key stay fixed."""
+    makes it (jitted over the state's flat leaves with ``ev3.train.on_flat_state``, donated; the state is copied
+    once and carried from call to call). The batch and key stay fixed."""
     import jax.numpy as jnp
 
+    from ev3.train import on_flat_state
+
+    def step_loss(state, batch, key):
+        state, logs = step(state, batch, key)
+        return state, logs["loss"]
+
     leaves, treedef = jax.tree.flatten(state)
-
-    def flat_step(leaves, batch, key):
-        state, logs = step(jax.tree.unflatten(treedef, leaves), batch, key)
-        return jax.tree.leaves(state), logs["loss"]
-
+    flat_step = on_flat_state(step_loss, treedef)
     compiled = jax.jit(flat_step, donate_argnums=(0,)).lower(leaves, batch, key).compile()
     carried = [jax.tree.map(jnp.copy, leaves)]
 
