@@ -24,7 +24,7 @@ import yaml  # noqa: E402
 
 from benchmarks.common import record  # noqa: E402
 from ev3 import methods, models  # noqa: E402
-from ev3.config import RunSpec, student_run, teacher_models, teacher_run, validate  # noqa: E402
+from ev3.config import RunSpec, budget_share, student_run, teacher_models, teacher_run, validate  # noqa: E402
 from ev3.data import TFDS_IMAGES, Dataset  # noqa: E402
 from ev3.methods.common import Frozen  # noqa: E402
 from ev3.train import flops_of, frozen_logits  # noqa: E402
@@ -72,8 +72,7 @@ def main() -> None:
         for student in config["students"]:
             for method in config["methods"]:
                 spec = RunSpec.from_dict(student_run(config, dataset, student, method, 0))
-                o = spec.options
-                steps = (o["iterations"] * len(o["losses"]) * len(o["optimizers"]) * o["steps_per_candidate"]
+                steps = (spec.options["iterations"] * budget_share(config["methods"][method])
                          if spec.method_type == "ev3" else spec.train["steps"])
                 rows.append((method, student, len(config["seeds"]), steps, step_flops(spec, data, teachers[spec.teacher])))
     print(f"{'job':12s} {'model':10s} {'runs':>4s} {'steps':>8s} {'GFLOP/step':>11s} {'PFLOP/run':>10s} {'GPU-h/run':>9s}")
