@@ -3,7 +3,24 @@ import os
 # Tests run single-threaded XLA on CPU so that parallel test workers and subprocesses do not oversubscribe.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import shutil
+
 import pytest
+
+# Tools outside pip that some tests need, with the command that installs each (README "Tests"). Where one is
+# missing its tests skip, naming that command; EV3_REQUIRE_TOOLS=1 (set by .ci/run) makes them fail instead.
+TOOLS = {"chromium": "apt-get install -y --no-install-recommends chromium"}
+
+
+def require_tool(name: str) -> str:
+    """The path of tool ``name``; skips the calling test when it is absent (fails with EV3_REQUIRE_TOOLS=1)."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} not installed (install: {TOOLS[name]})"
+        if os.environ.get("EV3_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{reason}; EV3_REQUIRE_TOOLS=1 requires it")
+        pytest.skip(reason)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import require_tool
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNAKEFILE = os.path.join(ROOT, "workflow", "Snakefile")
 
@@ -106,11 +108,8 @@ def report_outputs(config: dict) -> list[str]:
 
 
 def chromium(*args, timeout=180):
-    """Run headless Debian chromium offline (fails, not skips, when it is missing: CI installs it)."""
-    exe = shutil.which("chromium")
-    if exe is None:
-        pytest.fail("chromium not found: the report check needs a headless browser "
-                    "(apt-get install -y --no-install-recommends chromium; .ci/run installs it)")
+    """Run headless Debian chromium offline (skipped when it is missing, failed with EV3_REQUIRE_TOOLS=1)."""
+    exe = require_tool("chromium")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
     return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=timeout)
