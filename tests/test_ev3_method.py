@@ -105,26 +105,31 @@ class Interrupt(Exception):
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result_across_growth(smoke_config, data_dir, mnist1d, teacher, tmp_path):
-    """Stopped after iteration 5's evaluation (before its checkpoint), after the student grew at iteration 1: the
-    rerun rebuilds the grown student from the checkpoint of iteration 4 and ends bit-identical (params,
-    decisions, history, compute counters) to an uninterrupted run."""
+    """Stopped after an iteration's evaluation (before its checkpoint), two iterations after the student first
+    grew (read off the uninterrupted run): the rerun rebuilds the grown student from the previous iteration's
+    checkpoint and ends bit-identical (params, decisions, history, compute counters) to an uninterrupted run."""
     spec = _spec(smoke_config, data_dir, iterations=7, growth={"patience": 1, "max_size": 4},
                  objectives=[{"metric": "accuracy", "margin": 0.0}], confidence=0.999999)
     ev3 = methods.get("ev3")
     reference = fit(ev3, spec, mnist1d, teacher, log=NOLOG)
-    assert ev3.summary(reference)["growth_events"][0]["iteration"] <= 1
+    grew = ev3.summary(reference)["growth_events"]
+    assert grew and grew[0]["iteration"] <= 4, f"no growth early enough to resume after it: {grew}"
+    stop = grew[0]["iteration"] + 3  # 1-based iteration interrupted; iteration stop - 1 (0-based: growth + 1) resumes
+    o = spec.options
+    per_iteration = len(o["losses"]) * len(o["optimizers"]) * o["steps_per_candidate"]  # student steps, K·L
+    assert spec.train["eval_every"] == per_iteration  # every iteration is evaluated and checkpointed
 
     def interrupt(line):
-        if "iteration 5/7" in line:
+        if f"iteration {stop}/7" in line:
             raise Interrupt
 
     state = tmp_path / "state"
     with pytest.raises(Interrupt):
         fit(ev3, spec, mnist1d, teacher, log=interrupt, state_dir=str(state))
-    assert sorted(int(n) for n in os.listdir(state) if n.isdigit()) == [120, 160]  # 40 student steps per iteration
+    assert sorted(int(n) for n in os.listdir(state) if n.isdigit()) == [(stop - 2) * per_iteration, (stop - 1) * per_iteration]
     logs = []
     result = fit(ev3, spec, mnist1d, teacher, log=logs.append, state_dir=str(state))
-    assert f"[ev3 seed0] resumed from step 160 ({state})" in logs
+    assert f"[ev3 seed0] resumed from step {(stop - 1) * per_iteration} ({state})" in logs
 
     la, lb = jax.tree.leaves(result.selected_state.student.params), jax.tree.leaves(reference.selected_state.student.params)
     assert len(la) == len(lb) > 0 and all(np.array_equal(x, y) for x, y in zip(la, lb))

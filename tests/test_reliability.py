@@ -87,7 +87,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path, smoke_con
     reference = cli_train(run_json, ref_out, ref_state)  # uninterrupted, side by side
     victim = cli_train(run_json, out, state, start_new_session=True)
     deadline = time.monotonic() + 180
-    while not [s for s in committed_steps(state) if s >= 2 * every]:  # after the selected step (val peaks ~490)
+    while not [s for s in committed_steps(state) if s >= 2 * every]:  # a second checkpoint, mid-run
         assert victim.poll() is None, f"finished before a checkpoint existed:\n{victim.stdout.read()}"
         assert time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
@@ -191,25 +191,50 @@ def mnist1d(data_dir):
     return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
 
 
+EVERY = 70  # evaluation (and checkpoint) cadence of the resume scenario
+PER_EPOCH = 25  # 3200 training examples / batch 128
+
+
+def resume_scenario(history: list[dict]) -> tuple[int, int, int]:
+    """(steps, previous, latest) of the shortest run, ending at an evaluation of ``history`` (a longer run's
+    history at ``EVERY``), whose val-selected step (earliest best) comes before both of its last two
+    checkpoints ``previous`` < ``latest`` (= steps − 2·EVERY, steps − EVERY), each of them mid-epoch. Read off
+    the run itself, so the scenario holds on any CPU's float trajectory."""
+    evals = [(h["student_steps"], h["val_accuracy"]) for h in history]
+    for k in range(3, len(evals)):
+        steps = evals[k][0]
+        best = max(v for _, v in evals[: k + 1])
+        selected = min(s for s, v in evals[: k + 1] if v == best)
+        previous, latest = steps - 2 * EVERY, steps - EVERY
+        if selected < previous and previous % PER_EPOCH and latest % PER_EPOCH:
+            return steps, previous, latest
+    pytest.fail(f"val accuracy never peaked three evaluations before the end: {evals}")
+
+
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory, data_dir, mnist1d):
-    """An uninterrupted 700-step run of the MLP (adam, lr 0.01: val accuracy peaks at step 490, then it
-    overfits) and the state directory of the same run interrupted at step 700, before its last checkpoint.
-    The checkpoints left, 560 and 630, are mid-epoch (25 steps per epoch) and after the selected step."""
+    """An uninterrupted run of the MLP (adam, lr 0.01, no schedule: val accuracy peaks, then it overfits) and
+    the state directory of the same run interrupted at its last step, after the evaluation and before its
+    last checkpoint. Its length comes from a longer run's history (``resume_scenario``): the two checkpoints
+    left, ``previous`` and ``latest``, are mid-epoch and after the selected step, so a resume must restore
+    the selected state from the checkpoint rather than keep the current one.
+    Returns (spec, reference, state_dir, previous, latest)."""
     with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
         config = yaml.safe_load(f)
-    spec = RunSpec.from_dict(teacher_spec_dict(config, data_dir, steps=700, eval_every=70))
+    long = RunSpec.from_dict(teacher_spec_dict(copy.deepcopy(config), data_dir, steps=20 * EVERY, eval_every=EVERY))
+    steps, previous, latest = resume_scenario(fit(TEACHER, long, mnist1d, None, log=lambda s: None).history)
+    spec = RunSpec.from_dict(teacher_spec_dict(config, data_dir, steps=steps, eval_every=EVERY))
     reference = fit(TEACHER, spec, mnist1d, None, log=lambda s: None)
 
     def interrupt(line):
-        if "step 700/" in line:
-            raise Interrupt  # after the evaluation, before its checkpoint: like a kill at step 700
+        if f"step {steps}/" in line:
+            raise Interrupt  # after the evaluation, before its checkpoint: like a kill at the last step
 
     state = tmp_path_factory.mktemp("interrupted") / "state"
     with pytest.raises(Interrupt):
         fit(TEACHER, spec, mnist1d, None, log=interrupt, state_dir=str(state))
-    assert committed_steps(state) == [560, 630]
-    return spec, reference, state
+    assert committed_steps(state) == [previous, latest]
+    return spec, reference, state, previous, latest
 
 
 def assert_same_fit(result, reference):
@@ -240,51 +265,54 @@ def flip_bytes(step_dir):
 
 
 FAULTS = {
-    # fault: (damage(state_dir), step resumed from or None for a fresh start, expected log fragment)
-    "none": (lambda s: None, 630, None),
-    "truncated-data-file": (lambda s: truncate(s / "630"), 560, "checkpoint at step 630"),
-    "deleted-metadata-file": (lambda s: os.remove(s / "630" / "meta" / "metadata"), 560, "checkpoint at step 630"),
-    "uncommitted-step-dir": (lambda s: os.rename(s / "630", s / "630.orbax-checkpoint-tmp"), 560, None),
-    "both-corrupt": (lambda s: (flip_bytes(s / "630"), truncate(s / "560")), None, "starting from scratch"),
+    # fault: (damage(state_dir, previous, latest), checkpoint resumed from or None for a fresh start,
+    #         whether the log names the latest checkpoint as unusable, or a log fragment)
+    "none": (lambda s, p, l: None, "latest", None),
+    "truncated-data-file": (lambda s, p, l: truncate(s / str(l)), "previous", "latest"),
+    "deleted-metadata-file": (lambda s, p, l: os.remove(s / str(l) / "meta" / "metadata"), "previous", "latest"),
+    "uncommitted-step-dir": (lambda s, p, l: os.rename(s / str(l), s / f"{l}.orbax-checkpoint-tmp"), "previous", None),
+    "both-corrupt": (lambda s, p, l: (flip_bytes(s / str(l)), truncate(s / str(p))), None, "starting from scratch"),
 }
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_resume_falls_back_from_unusable_checkpoints_and_the_result_is_unchanged(fault, interrupted_run, mnist1d, tmp_path):
-    spec, reference, interrupted = interrupted_run
+    spec, reference, interrupted, previous, latest = interrupted_run
     damage, resumed_from, message = FAULTS[fault]
     selected = min(h["student_steps"] for h in reference.history if h["val_accuracy"] == reference.val_accuracy)
-    assert selected < 560, "the scenario must select a state before the resume point"
+    assert selected < previous, "the scenario must select a state before the resume points"
     state = tmp_path / "state"
     shutil.copytree(interrupted, state)
-    damage(state)
+    damage(state, previous, latest)
     logs = []
     result = fit(TEACHER, spec, mnist1d, None, log=logs.append, state_dir=str(state))
     text = "\n".join(logs)
-    if message:
+    if message == "latest":
+        assert f"checkpoint at step {latest}" in text, text
+    elif message:
         assert message in text, text
     if resumed_from is None:
         assert "resumed" not in text, text
     else:
-        assert f"resumed from step {resumed_from} " in text, text
+        assert f"resumed from step {previous if resumed_from == 'previous' else latest} " in text, text
     assert_same_fit(result, reference)
-    assert committed_steps(state) == [630, 700]  # the bad ones were replaced
+    assert committed_steps(state) == [latest, spec.train["steps"]]  # the bad ones were replaced
 
 
 def test_a_run_killed_after_its_last_checkpoint_resumes_at_the_end(interrupted_run, mnist1d, tmp_path):
     """Killed while writing its outputs: the rerun restores the final checkpoint, trains nothing, reports the same."""
-    spec, reference, interrupted = interrupted_run
+    spec, reference, interrupted, _, _ = interrupted_run
     state = tmp_path / "state"
     shutil.copytree(interrupted, state)
     fit(TEACHER, spec, mnist1d, None, log=lambda s: None, state_dir=str(state))
     logs = []
     result = fit(TEACHER, spec, mnist1d, None, log=logs.append, state_dir=str(state))
-    assert logs == [f"[teacher seed0] resumed from step 700 ({state})"]
+    assert logs == [f"[teacher seed0] resumed from step {spec.train['steps']} ({state})"]
     assert_same_fit(result, reference)
 
 
 def test_a_checkpoint_of_another_config_is_not_resumed(interrupted_run, mnist1d, tmp_path):
-    spec, _, interrupted = interrupted_run
+    spec, _, interrupted, _, _ = interrupted_run
     state = tmp_path / "state"
     shutil.copytree(interrupted, state)
     other = RunSpec.from_dict({**vars(spec), "train": {**spec.train, "steps": 140}})
