@@ -73,8 +73,35 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+
+
+def machine_fingerprint() -> dict:
+    """What a timing depends on besides the code: CPU model (name, family, model, stepping), its number of cores, the ISA extensions
+    of ``ISA_FLAGS`` the CPU has (``/proc/cpuinfo``), and the ISA cap XLA was given (``--xla_cpu_max_isa``).
+    Ratios and utilizations only combine figures whose fingerprints are equal."""
+    info, flags = {"model name": platform.processor() or platform.machine()}, set()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key in ("model name", "cpu family", "model", "stepping") and value:
+                    info[key] = value
+                elif key == "flags":
+                    flags = set(value.split())
+                elif not key and len(info) > 1:
+                    break  # the first processor's block is enough
+    max_isa = [f.split("=", 1)[1] for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_max_isa=")]
+    return {
+        "cpu": " ".join([info["model name"]] + [f"{k} {info[k]}" for k in ("cpu family", "model", "stepping") if k in info]),
+        "cores": os.cpu_count(),
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "xla_max_isa": max_isa[-1] if max_isa else None,
+    }
+
+
 def record(name: str, **values) -> dict:
-    """Append one JSON line with machine, versions and date; returns it."""
+    """Append one JSON line with machine (and its fingerprint), versions and date; returns it."""
     import flax
     import optax
 
@@ -82,6 +109,7 @@ def record(name: str, **values) -> dict:
         "benchmark": name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "fingerprint": machine_fingerprint(),
         "device": jax.devices()[0].device_kind,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "versions": {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__},
@@ -94,12 +122,29 @@ def record(name: str, **values) -> dict:
 
 def latest_peak(setting: str) -> float | None:
     """The newest ``peak_flops_per_s`` that ``benchmarks/peak.py`` recorded for ``setting`` ("core": one pinned
-    core; "flags": XLA's single-thread flags; "default": XLA's default threads), or None if it never ran."""
-    peak = None
+    core; "flags": XLA's single-thread flags; "default": XLA's default threads) on this machine (equal
+    ``machine_fingerprint()``), or None if it never ran here."""
+    here, peak = machine_fingerprint(), None
     if os.path.exists(RESULTS):
         with open(RESULTS) as f:
             for line in f:
                 row = json.loads(line)
-                if row.get("benchmark") == "peak" and row.get("setting") == setting:
+                if row.get("benchmark") == "peak" and row.get("setting") == setting and row.get("fingerprint") == here:
                     peak = row["peak_flops_per_s"]
+    return peak
+
+
+def machine_peak(setting: str) -> float:
+    """This machine's matmul peak for ``setting`` (see ``latest_peak``): the recorded one, else measured now by
+    ``benchmarks/peak.py`` in a child process (XLA's threads are fixed when JAX starts), which records it."""
+    import subprocess
+    import sys
+
+    peak = latest_peak(setting)
+    if peak is None:
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peak.py")
+        subprocess.run([sys.executable, script, "--setting", setting], check=True)
+        peak = latest_peak(setting)
+    if peak is None:
+        raise RuntimeError(f"benchmarks/peak.py recorded no {setting!r} peak for this machine ({machine_fingerprint()})")
     return peak

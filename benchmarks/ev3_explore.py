@@ -5,8 +5,8 @@
 Prints the steady-state ratio time(K vmapped) / (K × time(1 candidate)) — lower is better, 1.0 means vmap
 gains nothing — and the achieved FLOP/s of the vmapped and the single-candidate call (XLA cost analysis of the
 scanned step × L × candidates). A ratio r needs the vmapped call to reach single FLOP/s / r; that is compared
-with the machine's matmul peak at XLA's default threads (``benchmarks/peak.py``, setting ``default``, as
-this benchmark runs).
+with this machine's matmul peak at XLA's default threads (``benchmarks/peak.py``, setting ``default``, as
+this benchmark runs; recorded with this machine's fingerprint, else measured in the same run).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import latest_peak, record, steady_time  # noqa: E402
+from benchmarks.common import machine_peak, record, steady_time  # noqa: E402
 from ev3 import models  # noqa: E402
 from ev3.protocol.explore import ADAM, explore, hparams, init_family  # noqa: E402
 from ev3.train import flops_of  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> None:
         loss_hp, opt_hp, opt_states = setup(k)
         return flops_of(explore.lower(apply, ADAM, net.params, opt_states, loss_hp, opt_hp, (x, y), t).compile()) * L
 
-    flops_per_s, single_flops_per_s, peak = flops(K) / t_k, flops(1) / t_1, latest_peak("default")
+    flops_per_s, single_flops_per_s, peak = flops(K) / t_k, flops(1) / t_1, machine_peak("default")
     needed = single_flops_per_s / 0.5
     line = record("ev3_explore", k=K, steps=L, batch=B, seconds_k=t_k, seconds_1=t_1, ratio=ratio,
                   student_steps_per_s=K * L / t_k, flops_per_s=flops_per_s, single_flops_per_s=single_flops_per_s,
@@ -65,7 +65,7 @@ def main() -> None:
     print(f"ratio K-vmapped / (K × single) = {ratio:.3f}   (target ≤ 0.5)")
     print(f"student steps/s {line['student_steps_per_s']:.0f}; achieved {flops_per_s / 1e9:.1f} GFLOP/s vmapped,"
           f" {single_flops_per_s / 1e9:.1f} single; ratio 0.5 needs {needed / 1e9:.1f} GFLOP/s vmapped"
-          + (f" (matmul peak {peak / 1e9:.1f}, benchmarks/peak.py)" if peak else ""))
+          + f" (matmul peak {peak / 1e9:.1f}, benchmarks/peak.py)")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ process to one CPU, which those flags alone do not guarantee):
 
 The ratio trainer / bare (warm) is the trainer's efficiency (1.0: no overhead; target ≥ 0.95); ``first`` is
 trainer / bare first. Achieved FLOP/s are XLA cost-analysis FLOPs per step × steps/s; MFU divides the
-trainer's by the single-core matmul peak (setting ``core``) that ``benchmarks/peak.py`` last recorded in
-benchmarks/results.jsonl (omitted if it never ran). ``cores busy`` is process CPU seconds / wall seconds of the
+trainer's by this machine's single-core matmul peak (setting ``core``): the one ``benchmarks/peak.py`` last
+recorded in benchmarks/results.jsonl with this machine's fingerprint, else measured in the same run
+(``benchmarks.common.machine_peak``). ``cores busy`` is process CPU seconds / wall seconds of the
 warm bare loops (1.0: one core).
 """
 
@@ -44,7 +45,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 import yaml  # noqa: E402
 
-from benchmarks.common import cpu_seconds, latest_peak, record, steady_time  # noqa: E402
+from benchmarks.common import cpu_seconds, machine_peak, record, steady_time  # noqa: E402
 from ev3 import data as ev3_data  # noqa: E402
 from ev3 import methods, models  # noqa: E402
 from ev3.config import RunSpec, student_run, teacher_run, validate  # noqa: E402
@@ -105,7 +106,7 @@ def main() -> None:
     args = p.parse_args()
     with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
         config = validate(yaml.safe_load(f))
-    peak = latest_peak("core")
+    peak = machine_peak("core")
     with tempfile.TemporaryDirectory() as data_dir:
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
             ev3_data.prepare("mnist1d", data_dir)  # quiet: TFDS progress bars
@@ -129,7 +130,7 @@ def main() -> None:
             cores_busy = bare_cpu / bare_wall
             ratio = trainer / bare
             achieved = {"trainer": trainer_flops * trainer, "bare": bare_flops * bare}
-            mfu = {k: v / peak for k, v in achieved.items()} if peak else None
+            mfu = {k: v / peak for k, v in achieved.items()}
             record("train_step", model=name, config=model, steps=args.steps, batch=BATCH, repeats=args.repeats,
                    pinned=args.pin, cores_busy=cores_busy,
                    trainer_steps_per_s=trainer, bare_steps_per_s=bare, ratio=ratio, bare_first_steps_per_s=bare_first,
@@ -137,13 +138,13 @@ def main() -> None:
                    trainer_compile_s=statistics.median(r.compute["compile_s"] for r in results),
                    flops_per_step=trainer_flops, bare_flops_per_step=bare_flops,
                    trainer_flops_per_s=achieved["trainer"], bare_flops_per_s=achieved["bare"],
-                   peak_flops_per_s=peak, trainer_mfu=mfu and mfu["trainer"], bare_mfu=mfu and mfu["bare"])
-            mfu_text = f"{mfu['trainer']:.1%}" if mfu else "n/a"
+                   peak_flops_per_s=peak, trainer_mfu=mfu["trainer"], bare_mfu=mfu["bare"])
+            mfu_text = f"{mfu['trainer']:.1%}"
             print(f"{name:>16} | {trainer:15.0f} | {bare:12.0f} | {ratio:5.3f} | {bare_first:10.0f} |"
                   f" {trainer / bare_first:5.3f} | {trainer_flops / 1e9:10.4f} |"
                   f" {achieved['trainer'] / 1e9:15.2f} | {achieved['bare'] / 1e9:12.2f} | {mfu_text:>5} | {cores_busy:10.2f}")
         print("ratio = trainer / bare steps/s (target ≥ 0.95); MFU = trainer FLOP/s / single-core matmul peak"
-              + (f" ({peak / 1e9:.1f} GFLOP/s, benchmarks/peak.py)" if peak else " (run benchmarks/peak.py first)"))
+              + f" ({peak / 1e9:.1f} GFLOP/s, benchmarks/peak.py)")
 
 
 if __name__ == "__main__":
