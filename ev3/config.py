@@ -12,12 +12,14 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
 from ev3.data import EMBEDDED
+
+if TYPE_CHECKING:
+    import jsonschema
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflow", "schemas", "config.schema.yaml")
 
@@ -46,6 +48,8 @@ def _path(error: jsonschema.ValidationError) -> str:
 
 def validate(config: dict) -> dict:
     """Return a deep copy of ``config`` after schema and cross-reference checks; raise :class:`ConfigError`."""
+    import jsonschema  # here, not at module level: run specs are built where jsonschema is not installed
+
     config = copy.deepcopy(dict(config))
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
