@@ -136,6 +136,8 @@ class RunSpec:
     teacher_seed: int
     teacher_dir: str | None  # teacher run directory (holds checkpoint/), None for teacher runs
     budget: dict | None = None  # {"flops": F}: training FLOPs of the run (ev3.train.apply_flops_budget)
+    device: str = "cpu"  # the config's device, "cpu" | "gpu"
+    gpus: int | None = None  # the config's gpus: GPUs of the machine, one claimed per job (ev3.devices)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
@@ -196,6 +198,8 @@ def _common(config: dict, dataset: str, teacher: str) -> dict:
         "teacher": teacher,
         "teacher_model": dict(config["models"][teacher]),
         "teacher_seed": config["teacher"]["seed"],
+        "device": config["device"],
+        "gpus": config.get("gpus"),
     }
 
 

@@ -27,7 +27,7 @@ def test_the_block_catches_a_module_level_import(module, culprit):
     assert r.returncode != 0 and "ImportError" in r.stderr and f"{culprit} is blocked" in r.stderr, r.stderr[-2000:]
 
 
-@pytest.mark.parametrize("module", ["ev3.config", "ev3.run", "ev3.cli"])
+@pytest.mark.parametrize("module", ["ev3.config", "ev3.run", "ev3.cli", "ev3.devices"])
 def test_the_run_path_imports_without_the_blocked_packages(module):
     r = bare("--import-only", module, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -52,7 +52,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ev3 import losses, methods, models, run  # noqa: E402, F401  (run: the CLI's train path)
+from ev3 import devices, losses, methods, models, run  # noqa: E402, F401  (run: the CLI's train path)
 from ev3.config import RunSpec  # noqa: E402
 from ev3.data import Dataset  # noqa: E402
 from ev3.methods.common import Frozen  # noqa: E402
@@ -115,6 +115,7 @@ print(json.dumps({
     "method_modules": method_modules,
     "backend": jax.default_backend(),
     "devices": [d.device_kind for d in jax.devices()],
+    "third_party": sorted({m.split(".")[0] for m in sys.modules} - set(sys.stdlib_module_names) - {"ev3", "__main__"}),
     "params": {"resnet20": models.param_count(student_init.params), "resnet56": models.param_count(teacher_net.params)},
     "teacher_test_logits_shape": list(teacher_logits.shape),
     "teacher_test_logits_finite": bool(np.isfinite(np.asarray(teacher_logits)).all()),
