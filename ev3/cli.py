@@ -59,7 +59,8 @@ def claim_gpu(spec, lock_root: str | None, timeout_s: float):
     from ev3 import devices
 
     root = lock_root or os.path.join("results", spec.benchmark, "state", "gpu-locks")
-    return devices.claim_for_job(spec.device, spec.gpus, root, timeout_s=timeout_s, log=lambda line: print(line, flush=True))
+    return devices.claim_for_job(spec.device, spec.gpus, root, timeout_s=timeout_s,
+                                 log=lambda line: print(line, flush=True))
 
 
 def _parser() -> argparse.ArgumentParser:

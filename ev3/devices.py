@@ -72,7 +72,8 @@ def try_claim(lock_dir: str, devices: list[str]) -> Claim | None:
             os.close(fd)
             continue
         os.ftruncate(fd, 0)  # who holds it, for a person looking at the folder; the lock itself is the flock
-        os.write(fd, f"pid {os.getpid()} host {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
+        since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        os.write(fd, f"pid {os.getpid()} host {socket.gethostname()} since {since}\n".encode())
         return Claim(device, path, fd)
     return None
 

@@ -18,10 +18,12 @@ BLOCKED = ["tensorflow_datasets", "snakemake", "pandas", "matplotlib", "jsonsche
 
 def bare(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=timeout)
 
 
-@pytest.mark.parametrize("module, culprit", [("ev3.report.aggregate", "jsonschema"), ("ev3.data.embedded", "tensorflow_datasets")])
+@pytest.mark.parametrize("module, culprit", [("ev3.report.aggregate", "jsonschema"),
+                                             ("ev3.data.embedded", "tensorflow_datasets")])
 def test_the_block_catches_a_module_level_import(module, culprit):
     r = bare("--import-only", module, timeout=120)
     assert r.returncode != 0 and "ImportError" in r.stderr and f"{culprit} is blocked" in r.stderr, r.stderr[-2000:]
@@ -42,7 +44,8 @@ def test_resnet_kd_trains_and_evaluates_without_the_blocked_packages():
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["already_imported"] == [] and out["blocked_in_modules"] == []
     assert out["blocker_works"] == BLOCKED  # each blocked package really fails to import there
-    assert set(out["method_modules"]) == {f"ev3.methods.{m}" for m in ("scratch", "kd", "dkd", "metadistil", "ev3", "tuned")}
+    methods = ("scratch", "kd", "dkd", "metadistil", "ev3", "tuned")
+    assert set(out["method_modules"]) == {f"ev3.methods.{m}" for m in methods}
     # The published CIFAR-100 parameter counts (RepDistiller/CRD tables): 0.28 M and 0.86 M.
     assert abs(out["params"]["resnet20"] / 1e6 - 0.28) < 0.005 and abs(out["params"]["resnet56"] / 1e6 - 0.86) < 0.005
     assert out["compute"] == {"student_steps": 4, "teacher_forwards": 4, "teacher_backwards": 0}

@@ -57,6 +57,13 @@ def test_claiming_sets_the_one_visible_device_and_is_off_for_cpu_slurm_and_no_co
         assert devices.claim_for_job(device, gpus, str(tmp_path / "off"), env=env, log=lambda s: None) is None
         assert env == before
     assert not (tmp_path / "off").exists()
+    # CUDA_VISIBLE_DEVICES lists the GPUs (gpus is then ignored): the jobs get 5, then 7.
+    envs = [{"CUDA_VISIBLE_DEVICES": "5,7"} for _ in range(2)]
+    claims = [devices.claim_for_job("gpu", 8, str(tmp_path / "cvd"), env=e, log=lambda s: None) for e in envs]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["5", "7"]
+    assert devices.try_claim(os.path.dirname(claims[0].path), ["5", "7"]) is None
+    for c in claims:
+        c.release()
     # SLURM without a GPU assignment: the job claims from gpus (locks are per host).
     env = {"SLURM_JOB_ID": "17"}
     claim = devices.claim_for_job("gpu", 2, str(tmp_path), env=env, log=lambda s: None)
@@ -156,7 +163,8 @@ def test_the_cli_claims_a_gpu_before_jax_is_imported(tmp_path, smoke_config):
     config = validate({**smoke_config, "device": "gpu", "gpus": 2})
     run_json = tmp_path / "run.json"
     run_json.write_text(json.dumps(student_run(config, "mnist1d", config["students"][0], "kd", 0)))
-    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "XLA_PYTHON_CLIENT_PREALLOCATE")}
+    unset = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "XLA_PYTHON_CLIENT_PREALLOCATE")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     locks = tmp_path / "locks"
     held = devices.try_claim(str(locks / socket.gethostname()), ["0"])  # another job holds GPU 0
     try:
