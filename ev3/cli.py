@@ -3,7 +3,10 @@
 Commands: ``prepare-data NAME --data-dir DIR``; ``check-data NAME --data-dir DIR --marker OUT`` (a prepared
 TFDS dataset is present: write its description to ``OUT/source.json``; reads only the file system, so it
 fails in well under a second offline); ``train RUN_JSON --out DIR [--state-dir DIR] [--threads N]
-[--compile-cache DIR]``; ``aggregate RESULTS_ROOT``; ``validate CONFIG``.
+[--compile-cache DIR] [--gpu-locks DIR] [--gpu-wait S]``; ``aggregate RESULTS_ROOT``; ``validate CONFIG``.
+``train`` with the run's device ``gpu`` first claims one GPU for itself (``ev3.devices``: a lock file per GPU in
+``--gpu-locks``, default ``results/<benchmark>/state/gpu-locks``; waits up to ``--gpu-wait`` seconds for a free
+one) and sets ``CUDA_VISIBLE_DEVICES`` to it, before JAX is imported; not under SLURM, which assigns GPUs.
 ``--threads`` limits XLA's CPU threads; it is applied before JAX is imported. ``--state-dir`` holds the run's
 resume state: an interrupted run rerun with the same command resumes from its last checkpoint there.
 ``--compile-cache`` is JAX's persistent compilation cache: runs that differ only in seeds or values (same
@@ -40,12 +43,24 @@ def use_compile_cache(path: str) -> None:
 
 
 def _user_error(e: Exception) -> bool:
-    """Errors reported as one line: bad config or input files, a missing dataset or teacher, divergence."""
+    """Errors reported as one line: bad config or input files, a missing dataset or teacher, divergence, no free
+    GPU."""
     from ev3.config import ConfigError
+    from ev3.devices import NoFreeDeviceError
 
-    kinds = (ConfigError, FileNotFoundError, FloatingPointError, ValueError)
+    kinds = (ConfigError, FileNotFoundError, FloatingPointError, ValueError, NoFreeDeviceError)
     data = sys.modules.get("ev3.data")  # a DatasetMissingError can only come from an imported ev3.data
     return isinstance(e, kinds + ((data.DatasetMissingError,) if data else ()))
+
+
+def claim_gpu(spec, lock_root: str | None, timeout_s: float):
+    """One GPU for this process per the run's ``device`` and ``gpus`` (``ev3.devices.claim_for_job``); call it
+    before JAX is imported. Returns the claim (held until the process ends) or None where claiming is off."""
+    from ev3 import devices
+
+    root = lock_root or os.path.join("results", spec.benchmark, "state", "gpu-locks")
+    return devices.claim_for_job(spec.device, spec.gpus, root, timeout_s=timeout_s,
+                                 log=lambda line: print(line, flush=True))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=0, help="XLA CPU threads (0: XLA's default)")
     train.add_argument("--state-dir", default=None, help="checkpoint here and resume from here (removed when done)")
     train.add_argument("--compile-cache", default=None, help="JAX persistent compilation cache directory (shared by runs)")
+    train.add_argument("--gpu-locks", default=None,
+                       help="device gpu: folder of the per-GPU lock files (default results/<benchmark>/state/gpu-locks)")
+    train.add_argument("--gpu-wait", type=float, default=3600.0, help="seconds to wait for a free GPU before failing")
     agg = sub.add_parser("aggregate", help="metrics.json files → tables and figures")
     agg.add_argument("root", help="results/<benchmark>")
     val = sub.add_parser("validate", help="validate a benchmark config file")
@@ -95,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             from ev3 import io
             from ev3.config import RunSpec
-            from ev3.run import run
+
+            spec = RunSpec.from_dict(io.read_json(args.run_json))
+            gpu = claim_gpu(spec, args.gpu_locks, args.gpu_wait)  # noqa: F841 (held while the run lasts)
+            from ev3.run import run  # imports JAX: after the GPU is chosen
 
             if args.compile_cache:
                 use_compile_cache(args.compile_cache)
-            run(RunSpec.from_dict(io.read_json(args.run_json)), args.out, state_dir=args.state_dir)
+            run(spec, args.out, state_dir=args.state_dir)
         elif args.command == "aggregate":
             from ev3.report.aggregate import aggregate
 

@@ -12,12 +12,14 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
 from ev3.data import EMBEDDED
+
+if TYPE_CHECKING:
+    import jsonschema
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflow", "schemas", "config.schema.yaml")
 
@@ -46,6 +48,8 @@ def _path(error: jsonschema.ValidationError) -> str:
 
 def validate(config: dict) -> dict:
     """Return a deep copy of ``config`` after schema and cross-reference checks; raise :class:`ConfigError`."""
+    import jsonschema  # here, not at module level: run specs are built where jsonschema is not installed
+
     config = copy.deepcopy(dict(config))
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
@@ -132,6 +136,8 @@ class RunSpec:
     teacher_seed: int
     teacher_dir: str | None  # teacher run directory (holds checkpoint/), None for teacher runs
     budget: dict | None = None  # {"flops": F}: training FLOPs of the run (ev3.train.apply_flops_budget)
+    device: str = "cpu"  # the config's device, "cpu" | "gpu"
+    gpus: int | None = None  # the config's gpus: GPUs of the machine, one claimed per job (ev3.devices)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
@@ -192,6 +198,8 @@ def _common(config: dict, dataset: str, teacher: str) -> dict:
         "teacher": teacher,
         "teacher_model": dict(config["models"][teacher]),
         "teacher_seed": config["teacher"]["seed"],
+        "device": config["device"],
+        "gpus": config.get("gpus"),
     }
 
 
