@@ -136,7 +136,8 @@ def test_reverse_kd_closed_form_and_the_forward_direction_differs():
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_reverse_kd_matches_a_float64_reference_and_its_gradient(temperature):
-    """Against numpy T·Σ p_s log(p_s / p_t); ∂/∂s_j [T·KL(p_s^T ‖ p_t^T)] = p_s,j (log p_s,j − log p_t,j − KL)."""
+    """Against numpy T·Σ p_s log(p_s / p_t), and the gradient
+    ∂/∂s_j [T·KL(p_s^T ‖ p_t^T)] = p_s,j (log p_s,j − log p_t,j − KL)."""
     from ev3.losses import reverse_kd_loss, reverse_kd_per_sample
 
     s, t = np.asarray(_logits(9), np.float64), np.asarray(_logits(10), np.float64)
