@@ -177,6 +177,15 @@ def test_deepen_resnet_stage_appends_an_identity_block(config, images):
         zeroed = new_block.bn2.scale if config["type"] == "resnet" else new_block.conv2.kernel
         assert float(jnp.abs(zeroed.value).max()) == 0
         assert_preserved(net, grown, images)
+        # train mode: the copied blocks see the same batches, so their statistics update identically
+        end = sum(expected[: stage + 1]) - 1
+        old_rest = _apply(net.graphdef, net.params, net.rest, images, train=True)[1]
+        new_rest = _apply(grown.graphdef, grown.params, grown.rest, images, train=True)[1]
+        for j in range(sum(counts)):
+            i = j + (j >= end)
+            same = jax.tree.map(lambda a, b: bool(jnp.allclose(a, b, atol=1e-5)), old_rest["blocks"][j],
+                                new_rest["blocks"][i])
+            assert all(jax.tree.leaves(same)), (stage, j)
 
 
 def test_deepen_resnet_stage_draws_every_stage():
