@@ -6,6 +6,12 @@ Every loss returns the batch mean of a per-sample loss (a scalar); ``*_per_sampl
 KL direction: ``kd_loss`` is ``T² · KL(p_teacher^T ‖ p_student^T)`` with ``p^T = softmax(logits / T)``, i.e.
 ``Σ_c p_t log(p_t / p_s)`` summed over classes, averaged over the batch. The ``T²`` factor (Hinton et al.
 2015) keeps the gradient magnitude of the soft term independent of ``T``.
+
+The EV3 reference implementation (google-research/google-research, ``ev3/examples/cifar_kd/train.py``, ``kld``)
+distils with the other direction and a single ``T``: ``reverse_kd_loss`` is ``T · KL(p_student^T ‖
+p_teacher^T)``, no cross-entropy term. Its label loss (``ev3/examples/cifar10/train.py``) is the cross-entropy
+of ``T · logits``; that is ``ev3.protocol.explore.candidate_loss`` with ``w = 0`` and ``t_ce = 1/T``
+(``CE(logits / t_ce)``), so it has no function of its own here.
 """
 
 from __future__ import annotations
@@ -36,6 +42,19 @@ def kd_per_sample(student_logits: jax.Array, teacher_logits: jax.Array, temperat
 def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature) -> jax.Array:
     """Hinton KD term: batch mean of ``T² · KL(p_teacher^T ‖ p_student^T)``."""
     return jnp.mean(kd_per_sample(student_logits, teacher_logits, temperature))
+
+
+def reverse_kd_per_sample(student_logits: jax.Array, teacher_logits: jax.Array, temperature) -> jax.Array:
+    """``T · KL(softmax(s/T) ‖ softmax(t/T))`` per sample, shape ``(B,)``: reverse (student-first) KL scaled by
+    ``T`` (not ``T²``), as the EV3 reference's ``kld``; gradients flow into both sides."""
+    s_log_p = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    t_log_p = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    return temperature * jnp.sum(jnp.exp(s_log_p) * (s_log_p - t_log_p), axis=-1)
+
+
+def reverse_kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature) -> jax.Array:
+    """The EV3 reference's KD loss: batch mean of ``T · KL(p_student^T ‖ p_teacher^T)`` (no cross-entropy)."""
+    return jnp.mean(reverse_kd_per_sample(student_logits, teacher_logits, temperature))
 
 
 def hinton_loss(student_logits, teacher_logits, labels, *, temperature, alpha) -> jax.Array:

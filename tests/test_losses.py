@@ -108,3 +108,55 @@ def test_dkd_is_zero_for_identical_logits_and_has_finite_gradients():
     assert float(dkd_loss(s, s, y, temperature=4.0, alpha=1.0, beta=8.0)) == pytest.approx(0.0, abs=1e-6)
     g = jax.grad(lambda z: dkd_loss(z, _logits(10), y, temperature=4.0, alpha=1.0, beta=8.0))(s)
     assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0
+
+
+def test_reverse_kd_closed_form_and_the_forward_direction_differs():
+    """s = [0, 0], t = [ln 3, 0]: p_s = [1/2, 1/2]; p_t = [3/4, 1/4] at T = 1, [√3, 1]/(1 + √3) at T = 2.
+    T·KL(p_s ‖ p_t) = ½ ln(4/3) = 0.14384 (T = 1) and ln((1 + √3)² / (4√3)) = 0.07450 (T = 2); the forward
+    T²·KL(p_t ‖ p_s) = ¾ ln(3/2) + ¼ ln(1/2) = 0.13081 (T = 1) and 4·Σ p_t ln(2 p_t) = 0.14536 (T = 2)."""
+    from ev3.losses import reverse_kd_loss, reverse_kd_per_sample
+
+    p2 = np.array([np.sqrt(3.0), 1.0]) / (1.0 + np.sqrt(3.0))
+    expected = {
+        1.0: (0.5 * np.log(4 / 3), 0.75 * np.log(1.5) + 0.25 * np.log(0.5)),
+        2.0: (np.log((1 + np.sqrt(3.0)) ** 2 / (4 * np.sqrt(3.0))), 4.0 * np.sum(p2 * np.log(2 * p2))),
+    }
+    rounded = {1.0: (0.14384, 0.13081), 2.0: (0.07450, 0.14536)}
+    with jax.enable_x64(True):
+        s = jnp.array([[0.0, 0.0]], jnp.float64)
+        t = jnp.array([[np.log(3.0), 0.0]], jnp.float64)
+        for temperature, (reverse, forward) in expected.items():
+            got_reverse = float(reverse_kd_loss(s, t, temperature))
+            got_forward = float(kd_loss(s, t, temperature))
+            assert got_reverse == pytest.approx(reverse, rel=1e-12)
+            assert got_forward == pytest.approx(forward, rel=1e-12)
+            assert (got_reverse, got_forward) == pytest.approx(rounded[temperature], abs=5e-6)
+            assert reverse_kd_per_sample(s, t, temperature).shape == (1,)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_reverse_kd_matches_a_float64_reference_and_its_gradient(temperature):
+    """Against numpy T·Σ p_s log(p_s / p_t), and the gradient
+    ∂/∂s_j [T·KL(p_s^T ‖ p_t^T)] = p_s,j (log p_s,j − log p_t,j − KL)."""
+    from ev3.losses import reverse_kd_loss, reverse_kd_per_sample
+
+    s, t = np.asarray(_logits(9), np.float64), np.asarray(_logits(10), np.float64)
+    ps, pt = _softmax(s / temperature), _softmax(t / temperature)
+    kl = np.sum(ps * (np.log(ps) - np.log(pt)), -1)
+    got = reverse_kd_per_sample(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), temperature)
+    np.testing.assert_allclose(got, temperature * kl, rtol=1e-4, atol=1e-6)
+    grad = jax.grad(reverse_kd_loss)(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), temperature)
+    expected = ps * (np.log(ps) - np.log(pt) - kl[:, None]) / s.shape[0]
+    np.testing.assert_allclose(grad, expected, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_the_references_ce_on_t_times_logits_is_the_candidate_loss_with_w0_and_t_ce_one_over_t(temperature):
+    import optax
+
+    from ev3.protocol.explore import candidate_loss
+
+    s, t, y = _logits(11), _logits(12), jnp.array([1, 2, 3, 4, 0, 1])
+    reference = jnp.mean(optax.softmax_cross_entropy(temperature * s, jax.nn.one_hot(y, s.shape[-1])))
+    hp = {"w": jnp.float32(0.0), "t_kd": jnp.float32(4.0), "t_ce": jnp.float32(1.0 / temperature)}
+    assert float(candidate_loss(s, t, y, hp)) == pytest.approx(float(reference), rel=1e-5)

@@ -19,6 +19,11 @@ BatchNorm: momentum 0.9 (PyTorch's 0.1), epsilon 1e-5, scale 1, bias 0; its stat
 ``extra_blocks`` (default 0) appends that many stride-1 blocks of the last width to the last stage: the
 architectures that growth (``ev3.models.growth``) produces.
 
+``blocks`` (optional, ``[n1, n2, n3]``) sets the number of blocks of each stage, e.g. ``[1, 2, 1]`` after one
+block was appended to the second stage of a resnet8; without it every stage has the ``n`` of ``depth``. With
+``blocks``, ``depth`` may be left out; if given it must be the layer count ``2·Σ blocks + 2`` (ResNet) or
+``2·Σ blocks + 4`` (WRN). ``extra_blocks`` still adds to the last stage (see :func:`stage_blocks`).
+
 ``dtype`` is the compute dtype, ``"float32"`` or ``"bfloat16"``: parameters and BatchNorm statistics stay
 float32 (BatchNorm computes its batch statistics in float32), and the logits are returned as float32 for the
 losses.
@@ -88,6 +93,28 @@ def blocks_per_stage(model_type: str, depth: int) -> int:
     return (depth - offset) // 6
 
 
+def stage_blocks(config: dict) -> list[int]:
+    """Blocks per stage ``[n1, n2, n3]`` of a ``resnet`` / ``wrn`` config (``type``, ``depth`` and/or ``blocks``,
+    optional ``extra_blocks``): ``blocks`` or ``[n, n, n]`` from ``depth``, ``extra_blocks`` added to the last."""
+    model_type, depth, blocks = config["type"], config.get("depth"), config.get("blocks")
+    if blocks is None:
+        if depth is None:
+            raise ValueError(f"{model_type} needs depth or blocks")
+        counts = [blocks_per_stage(model_type, depth)] * 3
+    else:
+        counts = [int(b) for b in blocks]
+        if len(counts) != 3 or min(counts) < 1:
+            raise ValueError(f"{model_type} blocks must be three counts ≥ 1, got {blocks}")
+        implied = 2 * sum(counts) + DEPTH_OFFSET[model_type]
+        if depth is not None and depth != implied:
+            raise ValueError(f"{model_type} depth {depth} does not match blocks {blocks} "
+                             f"(2·Σ blocks + {DEPTH_OFFSET[model_type]} = {implied})")
+    extra = config.get("extra_blocks", 0)
+    if extra < 0:
+        raise ValueError(f"extra_blocks must be ≥ 0, got {extra}")
+    return [*counts[:-1], counts[-1] + extra]
+
+
 class BasicBlock(nnx.Module):
     """Post-activation residual block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
 
@@ -122,11 +149,10 @@ class PreActBlock(nnx.Module):
         return out + (x if self.shortcut is None else self.shortcut(h))
 
 
-def _stages(block, stem: int, widths: list[int], n: int, extra_blocks: int, dtype, rngs: nnx.Rngs) -> nnx.List:
-    """One flat list of blocks: n per stage (the first of stages 2 and 3 with stride 2), then ``extra_blocks``."""
+def _stages(block, stem: int, widths: list[int], counts: list[int], dtype, rngs: nnx.Rngs) -> nnx.List:
+    """One flat list of blocks, ``counts[s]`` in stage ``s`` (the first of stages 2 and 3 with stride 2)."""
     blocks, in_ch = [], stem
-    for stage, width in enumerate(widths):
-        count = n + (extra_blocks if stage == len(widths) - 1 else 0)
+    for stage, (width, count) in enumerate(zip(widths, counts, strict=True)):
         for i in range(count):
             blocks.append(block(in_ch, width, 2 if stage > 0 and i == 0 else 1, dtype=dtype, rngs=rngs))
             in_ch = width
@@ -136,16 +162,16 @@ def _stages(block, stem: int, widths: list[int], n: int, extra_blocks: int, dtyp
 class ResNet(nnx.Module):
     """CIFAR ResNet-``depth`` (× ``width``), e.g. depth 20 → resnet20, depth 8 and width 4 → resnet8x4."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, depth: int, width: int = 1,
-                 extra_blocks: int = 0, dtype: str = "float32", rngs: nnx.Rngs):
-        n = blocks_per_stage("resnet", depth)
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, depth: int | None = None, width: int = 1,
+                 extra_blocks: int = 0, blocks: list[int] | None = None, dtype: str = "float32", rngs: nnx.Rngs):
+        counts = stage_blocks({"type": "resnet", "depth": depth, "blocks": blocks, "extra_blocks": extra_blocks})
         dtype = jnp.dtype(dtype)
         self.image_shape = _image_shape(input_shape)
         stem = 16 if width == 1 else 32
         widths = [16 * width, 32 * width, 64 * width]
         self.conv = _conv(self.image_shape[-1], stem, 3, 1, dtype, rngs)
         self.bn = _bn(stem, dtype, rngs)
-        self.blocks = _stages(BasicBlock, stem, widths, n, extra_blocks, dtype, rngs)
+        self.blocks = _stages(BasicBlock, stem, widths, counts, dtype, rngs)
         self.head = _linear(widths[-1], num_classes, dtype, rngs)
         init_kernels(self, rngs.params())
 
@@ -160,14 +186,14 @@ class ResNet(nnx.Module):
 class WideResNet(nnx.Module):
     """WRN-``depth``-``widen``, e.g. depth 40 and widen 2 → wrn40-2."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, depth: int, widen: int = 1,
-                 extra_blocks: int = 0, dtype: str = "float32", rngs: nnx.Rngs):
-        n = blocks_per_stage("wrn", depth)
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, depth: int | None = None, widen: int = 1,
+                 extra_blocks: int = 0, blocks: list[int] | None = None, dtype: str = "float32", rngs: nnx.Rngs):
+        counts = stage_blocks({"type": "wrn", "depth": depth, "blocks": blocks, "extra_blocks": extra_blocks})
         dtype = jnp.dtype(dtype)
         self.image_shape = _image_shape(input_shape)
         widths = [16 * widen, 32 * widen, 64 * widen]
         self.conv = _conv(self.image_shape[-1], 16, 3, 1, dtype, rngs)
-        self.blocks = _stages(PreActBlock, 16, widths, n, extra_blocks, dtype, rngs)
+        self.blocks = _stages(PreActBlock, 16, widths, counts, dtype, rngs)
         self.bn = _bn(widths[-1], dtype, rngs)
         self.head = _linear(widths[-1], num_classes, dtype, rngs)
         init_kernels(self, rngs.params())

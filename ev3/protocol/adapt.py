@@ -77,6 +77,50 @@ def prioritized_decision(cand_scores: dict, inc_scores: dict, objectives, confid
     return Decision(accepted, deciding, details)
 
 
+class ReferenceDecision(NamedTuple):
+    """Outcome of :func:`reference_decision`: the new current model and whether the stable model moves to it."""
+
+    winner: str  # "candidate", "current" or "stable"
+    stable_moved: bool
+
+
+REFERENCE_ORDER = ("candidate", "current", "stable")  # the tie order
+
+
+def reference_decision(candidate, current, stable, *, alpha: float = 1.96) -> ReferenceDecision:
+    """EV3's decide step as the reference implementation does it (google-research/google-research,
+    ``ev3/model_history/decide.py``: ``select_best_update``, with the bounds of ``eval_util.evaluate_updates``).
+
+    ``candidate``, ``current``, ``stable``: per-sample scores ``(N,)`` of one objective, higher is better, on the
+    same N samples (e.g. 0/1 correctness). Each gets ``LCB = mean − alpha·stderr`` and ``UCB = mean +
+    alpha·stderr`` with ``stderr = std(ddof=1) / √N`` (pandas' default), all three in one float64 array, so equal
+    scores give exactly equal bounds.
+
+    - ``winner``: the one with the highest LCB, which becomes the current model; ties go to the candidate, then
+      the current model, then the stable one (the reference's ``idxmax`` over updates, ``params``,
+      ``stable_params``). A non-finite LCB (NaN or ±inf: a NaN score, N = 1) loses; if none is finite the
+      winner is ``"current"`` (nothing changes). There is no significance test: the current model stays or
+      rolls back to the stable one whenever one of them has the highest LCB.
+    - ``stable_moved``: ``LCB(winner) > UCB(stable)`` (intervals that do not overlap), the reference's
+      ``significantly_better``; the stable model then becomes the winner (which may be the current model).
+    """
+    if alpha < 0:
+        raise ValueError(f"alpha must be ≥ 0, got {alpha}")
+    scores = np.stack([np.asarray(s, np.float64) for s in (candidate, current, stable)])
+    if scores.ndim != 2 or scores.shape[1] < 1:
+        raise ValueError(f"expected three score vectors (N,) of equal length, got shape {scores.shape}")
+    n = scores.shape[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = scores.mean(axis=1)
+        stderr = scores.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.full(3, np.nan)
+        lcb, ucb = mean - alpha * stderr, mean + alpha * stderr
+    finite = np.isfinite(lcb)
+    if not finite.any():
+        return ReferenceDecision("current", False)
+    best = int(np.argmax(np.where(finite, lcb, -np.inf)))  # argmax returns the first maximum: the tie order
+    return ReferenceDecision(REFERENCE_ORDER[best], bool(lcb[best] > ucb[2]))
+
+
 def adapt(
     state: EV3State,
     candidate_params,
