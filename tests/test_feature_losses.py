@@ -146,12 +146,13 @@ def test_rkd_invariances():
 def test_rkd_gradient_matches_finite_differences_and_skips_the_teacher():
     with jax.enable_x64(True):
         s, t = jnp.asarray(normal(5, 3)), jnp.asarray(normal(5, 4))
-        grad_s, grad_t = jax.grad(rkd_loss, argnums=(0, 1))(s, t)
+        grad_s, grad_t = jax.jit(jax.grad(rkd_loss, argnums=(0, 1)))(s, t)
+        loss = jax.jit(rkd_loss)
         assert not jnp.any(grad_t) and jnp.all(jnp.isfinite(grad_s))
         h = 1e-6
         for index in [(0, 0), (2, 1), (4, 2)]:
             e = jnp.zeros_like(s).at[index].set(h)
-            numeric = (rkd_loss(s + e, t) - rkd_loss(s - e, t)) / (2 * h)
+            numeric = (loss(s + e, t) - loss(s - e, t)) / (2 * h)
             assert float(grad_s[index]) == pytest.approx(float(numeric), rel=1e-5, abs=1e-8)
         # duplicated embeddings (zero differences) keep gradients finite
         dup = s.at[1].set(s[0])
@@ -233,11 +234,12 @@ def test_a_hint_step_trains_student_and_regressor_and_leaves_the_teacher_frozen(
             reg(feats.stages[0]), t_out.stages[1])
 
     trainable = {"student": student.params, "regressor": reg_params}
-    grads = jax.grad(loss_fn)(trainable)
-    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))  # reaches every connector weight
+    value_and_grad = jax.jit(jax.value_and_grad(loss_fn))
     state, losses = tx.init(trainable), []
-    for _ in range(3):
-        loss, grads = jax.value_and_grad(loss_fn)(trainable)
+    for step in range(3):
+        loss, grads = value_and_grad(trainable)
+        if step == 0:  # the gradient reaches every student and regressor weight
+            assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
         updates, state = tx.update(grads, state, trainable)
         trainable = optax.apply_updates(trainable, updates)
         losses.append(float(loss))
@@ -334,19 +336,23 @@ def test_review_fusion_gives_the_teachers_shapes_and_reviews_top_down(student, t
     assert fusion.abfs[-1].att_conv is None and all(a.att_conv is not None for a in fusion.abfs[:-1])
     assert fusion.abfs[0].conv1.out_features == min(512, student[-1][-1])
     feats = [jax.random.normal(jax.random.key(i), (2, *s)) for i, s in enumerate(student)]
-    outs = fusion(feats)
-    assert [o.shape[1:] for o in outs] == [(*(1,) * (len(student[0]) - 1), *t) if len(t) == 1 else t
-                                          for t in teacher]
-    # the shallowest output sees the deepest feature (the review path); the deepest output does not see the shallowest
     graphdef, state = nnx.split(fusion)
 
-    def out(i, j, f):
-        fs = list(feats)
-        fs[j] = f
-        return jnp.sum(nnx.merge(graphdef, state, copy=True)(fs)[i])
+    @jax.jit
+    def outputs_and_gradients(feats):
+        def out(i, j, f):
+            return jnp.sum(nnx.merge(graphdef, state, copy=True)([*feats[:j], f, *feats[j + 1:]])[i])
 
-    assert float(jnp.abs(jax.grad(lambda f: out(0, -1, f))(feats[-1])).max()) > 0
-    assert float(jnp.abs(jax.grad(lambda f: out(-1, 0, f))(feats[0])).max()) == 0
+        n = len(feats) - 1
+        return (nnx.merge(graphdef, state, copy=True)(feats), jax.grad(lambda f: out(0, n, f))(feats[n]),
+                jax.grad(lambda f: out(n, 0, f))(feats[0]))
+
+    outs, deep_to_shallow, shallow_to_deep = outputs_and_gradients(feats)
+    assert [o.shape[1:] for o in outs] == [(*(1,) * (len(student[0]) - 1), *t) if len(t) == 1 else t
+                                          for t in teacher]
+    # the shallowest output sees the deepest feature (the review path); the deepest does not see the shallowest
+    assert float(jnp.abs(deep_to_shallow).max()) > 0
+    assert float(jnp.abs(shallow_to_deep).max()) == 0
 
 
 # --- CRD ---------------------------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ def test_feature_shapes_of_every_zoo_model(config):
 
 
 SMALL = {
-    "resnet8": ({"type": "resnet", "depth": 8}, (16, 16, 3)),
     "resnet8x4": ({"type": "resnet", "depth": 8, "width": 4}, (16, 16, 3)),
     "resnet14+1": ({"type": "resnet", "depth": 14, "extra_blocks": 1}, (16, 16, 3)),
     "wrn16-2": ({"type": "wrn", "depth": 16, "widen": 2}, (16, 16, 3)),
@@ -81,7 +80,7 @@ def eval_features(name: str):
     return model, x, models.apply(*network, x, features=True)[0][1]
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn1d", "cnn2d", "resnet8", "resnet14+1"])
+@pytest.mark.parametrize("name", ["mlp", "cnn1d", "cnn2d", "resnet14+1"])
 def test_post_activation_stages_are_relu_of_preact(name):
     config = SMALL[name][0]
     model, x, feats = eval_features(name)
