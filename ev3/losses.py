@@ -272,3 +272,16 @@ def crd_bank_update(bank: jax.Array, indices: jax.Array, embeddings: jax.Array, 
     rows are unchanged (``ContrastMemory``'s update; the embeddings are constants here)."""
     rows = momentum * bank[indices] + (1.0 - momentum) * jax.lax.stop_gradient(embeddings).astype(bank.dtype)
     return bank.at[indices].set(l2_normalize(rows, eps=0.0))
+
+
+def crd_contrast_indices(key: jax.Array, indices: jax.Array, labels: jax.Array, all_labels: jax.Array,
+                         k: int) -> jax.Array:
+    """CRD's bank rows to score, (B, k + 1): column 0 the examples' own ``indices`` (B,), then ``k`` negatives per
+    example drawn uniformly without replacement among the training examples of other classes than its label
+    (``labels`` (B,); ``all_labels`` (n_data,) the label of every bank row), as RepDistiller's
+    ``CIFAR100InstanceSample`` in its default ``exact`` mode. The draw takes the ``k`` largest of independent
+    Gumbel keys over the eligible rows, so ``k`` must not exceed the smallest number of other-class examples."""
+    gumbel = jax.random.gumbel(key, (indices.shape[0], all_labels.shape[0]))
+    eligible = labels[:, None] != all_labels[None, :]
+    negatives = jax.lax.top_k(jnp.where(eligible, gumbel, -jnp.inf), k)[1]
+    return jnp.concatenate([indices[:, None], negatives.astype(indices.dtype)], axis=1)

@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 from ev3 import models
-from ev3.losses import (adaptive_avg_pool, attention_loss, crd_bank_update, crd_loss, crd_nce_loss, crd_normalizer,
-                        crd_scores, fitnet_loss, hcl_loss, rkd_loss, rkd_parts)
+from ev3.losses import (adaptive_avg_pool, attention_loss, crd_bank_update, crd_contrast_indices, crd_loss,
+                        crd_nce_loss, crd_normalizer, crd_scores, fitnet_loss, hcl_loss, rkd_loss, rkd_parts)
 from ev3.models.connectors import ABF, Embed, HintRegressor, ReviewFusion, resize_nearest
 
 rng = np.random.default_rng(0)
@@ -415,3 +415,25 @@ def test_crd_bank_update_moves_only_the_batch_rows_by_the_momentum_rule():
     others = np.setdiff1d(np.arange(10), indices)
     np.testing.assert_array_equal(new[others], bank[others])
     np.testing.assert_allclose(jnp.linalg.norm(new[indices], axis=1), 1.0, rtol=1e-6)
+
+
+def test_crd_contrast_indices_draw_other_class_negatives_uniformly_without_replacement():
+    all_labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
+    indices = jnp.array([0, 4, 9])
+    labels = all_labels[indices]
+    draw = jax.jit(crd_contrast_indices, static_argnums=4)
+    counts = np.zeros((3, 10))
+    trials = 400
+    for i, key in enumerate(jax.random.split(jax.random.key(0), trials)):
+        idx = np.asarray(draw(key, indices, labels, all_labels, 5))
+        assert idx.shape == (3, 6) and np.array_equal(idx[:, 0], indices)
+        for row, label in zip(idx[:, 1:], np.asarray(labels)):
+            assert len(set(row)) == 5 and not np.any(np.asarray(all_labels)[row] == label)
+        for b in range(3):
+            counts[b, idx[b, 1:]] += 1
+    # label 0 has 7 eligible rows (each drawn with probability 5/7), label 2 has 6 (5/6)
+    for b, (pool, p) in enumerate([(7, 5 / 7), (7, 5 / 7), (6, 5 / 6)]):
+        eligible = np.asarray(all_labels) != int(labels[b])
+        assert eligible.sum() == pool
+        sd = math.sqrt(trials * p * (1 - p))
+        assert np.all(np.abs(counts[b, eligible] - trials * p) < 5 * sd), counts[b]

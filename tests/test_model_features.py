@@ -20,8 +20,10 @@ def expected_shapes(config: dict, batch: int, size: int):
     return [(batch, s, s, w) for s, w in zip(sizes, widths)], (batch, widths[-1])
 
 
-@pytest.mark.parametrize("config", [c[1] for c in COUNTS] + [{"type": "wrn", "depth": 16, "widen": 2,
-                                                            "extra_blocks": 2}], ids=[c[0] for c in COUNTS] + ["wrn16-2+2"])
+ZOO = [*COUNTS, ("wrn16-2+2", {"type": "wrn", "depth": 16, "widen": 2, "extra_blocks": 2}, None)]
+
+
+@pytest.mark.parametrize("config", [c[1] for c in ZOO], ids=[c[0] for c in ZOO])
 def test_feature_shapes_of_every_zoo_model(config):
     """Abstract evaluation only (jax.eval_shape): nothing is compiled or computed."""
     graphdef, params, rest = nnx.split(abstract_model(config), nnx.Param, ...)
@@ -95,6 +97,7 @@ def test_post_activation_stages_are_relu_of_preact(name):
 
 def test_mlp_and_cnn_features_rederived_from_the_layers():
     model, x, feats = eval_features("mlp")
+    assert [f.shape for f in feats.stages] == [(5, 12), (5, 12)] and feats.embedding.shape == (5, 12)
     h0 = model.hidden[0](x)
     np.testing.assert_allclose(feats.preact[0], h0, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(feats.preact[1], model.hidden[1](jax.nn.relu(h0)), rtol=1e-5, atol=1e-5)
