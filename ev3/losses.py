@@ -1,4 +1,5 @@
-"""Losses as pure functions of logits.
+"""Losses as pure functions of logits (below) and of intermediate features (the feature, relation and contrastive
+distillation losses at the end of this module).
 
 Shapes: ``logits`` and ``teacher_logits`` are ``(B, C)`` floats, ``labels`` is ``(B,)`` int.
 Every loss returns the batch mean of a per-sample loss (a scalar); ``*_per_sample`` variants return ``(B,)``.
@@ -16,8 +17,12 @@ of ``T · logits``; that is ``ev3.protocol.explore.candidate_loss`` with ``w = 0
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 
 def cross_entropy_per_sample(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -94,3 +99,208 @@ def dkd_loss(student_logits, teacher_logits, labels, *, temperature, alpha, beta
     """DKD distillation term: batch mean of ``α · TCKD + β · NCKD`` (see :func:`dkd_parts_per_sample`)."""
     tckd, nckd = dkd_parts_per_sample(student_logits, teacher_logits, labels, temperature)
     return jnp.mean(alpha * tckd + beta * nckd)
+
+
+# --- Feature, relation and contrastive distillation (FitNet, AT, RKD, CRD, ReviewKD) -----------------------------
+#
+# Feature maps are channels-last, ``(N, *spatial, C)`` (``ev3.models.features``). Every function is pure; gradients
+# flow into every argument that is not a memory bank (the methods pass a frozen teacher's features). Computation is
+# in float32 at least (bfloat16 features are promoted), float64 where the inputs are.
+
+
+def _promote(x: jax.Array) -> jax.Array:
+    return jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+    """``x / max(‖x‖₂, eps)`` along ``axis`` (PyTorch's ``F.normalize``); zero vectors stay zero, with gradient 0."""
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=axis, keepdims=True), eps**2))
+    return x / norm
+
+
+def adaptive_avg_pool(x: jax.Array, size: tuple[int, ...]) -> jax.Array:
+    """PyTorch's ``adaptive_avg_pool{1,2}d`` for channels-last ``x`` (N, *spatial, C) → (N, *size, C): output cell
+    ``i`` of an axis of length ``L`` averages inputs ``floor(i·L/l) … ceil((i+1)·L/l) − 1``."""
+    spatial = x.shape[1:-1]
+    if len(size) != len(spatial):
+        raise ValueError(f"pool size {size} does not match the spatial shape {spatial}")
+    for axis, (length, out) in enumerate(zip(spatial, size), start=1):
+        weights = np.zeros((out, length))
+        for i in range(out):
+            start, stop = (i * length) // out, -(-((i + 1) * length) // out)
+            weights[i, start:stop] = 1.0 / (stop - start)
+        x = jnp.moveaxis(jnp.tensordot(jnp.asarray(weights, x.dtype), x, axes=((1,), (axis,))), 0, axis)
+    return x
+
+
+def fitnet_loss(student_projected: jax.Array, teacher_feat: jax.Array) -> jax.Array:
+    """FitNet hint loss (Romero et al. 2015): mean squared error over all entries of the regressed student hint
+    and the teacher's hint, equal shapes (RepDistiller ``distiller_zoo/FitNet.py``: ``nn.MSELoss``)."""
+    if student_projected.shape != teacher_feat.shape:
+        raise ValueError(f"hint shapes differ: {student_projected.shape} vs {teacher_feat.shape}")
+    return jnp.mean(jnp.square(_promote(student_projected) - _promote(teacher_feat)))
+
+
+def attention_map(feat: jax.Array, p: float = 2) -> jax.Array:
+    """Spatial attention (Zagoruyko & Komodakis 2017) of (N, *spatial, C) features: the mean over channels of
+    ``f^p``, flattened to (N, positions) and L2-normalised over positions."""
+    a = jnp.mean(jnp.power(_promote(feat), p), axis=-1)
+    return l2_normalize(a.reshape(a.shape[0], -1))
+
+
+def attention_loss(student_feats, teacher_feats, *, p: float = 2) -> jax.Array:
+    """Attention transfer: Σ over pairs of the mean over batch and positions of ``(a_s − a_t)²``,
+    ``a`` = :func:`attention_map` (RepDistiller ``distiller_zoo/AT.py``, mdistiller ``distillers/AT.py``).
+
+    Lists of (N, *spatial, C) maps, the same spatial size per pair (channels may differ); the methods first pool
+    the larger map of a pair to the smaller size with :func:`adaptive_avg_pool`, as the authors do. Unweighted:
+    the authors' weight is β = 1000. Invariant to a positive scaling of a map."""
+    if len(student_feats) != len(teacher_feats):
+        raise ValueError(f"{len(student_feats)} student maps vs {len(teacher_feats)} teacher maps")
+    total = 0.0
+    for fs, ft in zip(student_feats, teacher_feats):
+        if fs.shape[:-1] != ft.shape[:-1]:
+            raise ValueError(f"attention maps need equal batch and spatial sizes: {fs.shape} vs {ft.shape}")
+        total = total + jnp.mean(jnp.square(attention_map(fs, p) - attention_map(ft, p)))
+    return total
+
+
+def _pairwise_distances(e: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """(N, N) Euclidean distances ``sqrt(max(‖e_i‖² + ‖e_j‖² − 2⟨e_i, e_j⟩, eps))``, zero diagonal (RKD's
+    ``pdist``)."""
+    sq = jnp.sum(jnp.square(e), axis=1)
+    d = jnp.sqrt(jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * e @ e.T, eps))
+    return jnp.where(jnp.eye(e.shape[0], dtype=bool), 0.0, d)
+
+
+def _triplet_cosines(e: jax.Array) -> jax.Array:
+    """(N, N, N) cosines ``⟨n(e_j − e_i), n(e_k − e_i)⟩`` at ``[i, j, k]``, ``n`` = :func:`l2_normalize` (0 where
+    ``j = i`` or ``k = i``)."""
+    diff = l2_normalize(e[None, :, :] - e[:, None, :], axis=-1)  # [i, j] = n(e_j − e_i)
+    return jnp.einsum("ijd,ikd->ijk", diff, diff)
+
+
+def rkd_parts(student_emb: jax.Array, teacher_emb: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """RKD's (Park et al. 2019) unweighted distance and angle terms, each a smooth-L1 (δ = 1) mean:
+
+    - distance: over the N² entries of the pairwise-distance matrices, each divided by its mean over ``i ≠ j``
+      (the authors' ``d[d > 0].mean()``: off-diagonal distances are at least ``sqrt(1e-12)``);
+    - angle: over the N³ triplet cosines of :func:`_triplet_cosines`.
+
+    ``student_emb`` (N, D_s), ``teacher_emb`` (N, D_t), flattened if they have more axes (RepDistiller
+    ``distiller_zoo/RKD.py``, mdistiller ``distillers/RKD.py``). The teacher side is a constant
+    (``stop_gradient``), as the authors compute it under ``torch.no_grad``."""
+    n = student_emb.shape[0]
+    s = _promote(student_emb).reshape(n, -1)
+    t = jax.lax.stop_gradient(_promote(teacher_emb).reshape(n, -1))
+    off_diagonal = n * (n - 1)
+    ds, dt = _pairwise_distances(s), _pairwise_distances(t)
+    ds, dt = ds / (jnp.sum(ds) / off_diagonal), dt / (jnp.sum(dt) / off_diagonal)
+    distance = jnp.mean(optax.huber_loss(ds, dt, delta=1.0))
+    angle = jnp.mean(optax.huber_loss(_triplet_cosines(s), _triplet_cosines(t), delta=1.0))
+    return distance, angle
+
+
+def rkd_loss(student_emb: jax.Array, teacher_emb: jax.Array, *, distance_weight: float = 25.0,
+             angle_weight: float = 50.0) -> jax.Array:
+    """``distance_weight · distance + angle_weight · angle`` (:func:`rkd_parts`; the authors' 25 and 50)."""
+    distance, angle = rkd_parts(student_emb, teacher_emb)
+    return distance_weight * distance + angle_weight * angle
+
+
+def hcl_loss(student_feats, teacher_feats) -> jax.Array:
+    """ReviewKD's hierarchical context loss (Chen et al. 2021; mdistiller ``distillers/ReviewKD.py``), summed over
+    pairs of equal-shaped (N, *spatial, C) maps (or (N, C) vectors): the MSE of the maps plus, for each level
+    ``l`` of 4, 2, 1 smaller than the first spatial size, the MSE of both maps adaptive-average-pooled to
+    ``l`` per spatial axis with weights 1/2, 1/4, 1/8 in that order; the weighted sum divided by the sum of the
+    weights used."""
+    total = 0.0
+    for fs, ft in zip(student_feats, teacher_feats, strict=True):
+        if fs.shape != ft.shape:
+            raise ValueError(f"ReviewKD pairs need equal shapes: {fs.shape} vs {ft.shape}")
+        fs, ft = _promote(fs), _promote(ft)
+        loss, weight, weights = jnp.mean(jnp.square(fs - ft)), 1.0, 1.0
+        first = fs.shape[1] if fs.ndim > 2 else 1
+        for level in (4, 2, 1):
+            if level >= first:
+                continue
+            size = (level,) * (fs.ndim - 2)
+            weight /= 2.0
+            loss = loss + weight * jnp.mean(jnp.square(adaptive_avg_pool(fs, size) - adaptive_avg_pool(ft, size)))
+            weights += weight
+        total = total + loss / weights
+    return total
+
+
+# CRD (Tian et al. 2020): RepDistiller crd/memory.py (ContrastMemory) and crd/criterion.py (ContrastLoss), as in
+# mdistiller distillers/CRD.py. Two banks of (n_data, feat_dim) embeddings: the student bank holds past student
+# embeddings, against which teacher embeddings are scored, and vice versa.
+
+
+def crd_bank_init(key: jax.Array, n_data: int, feat_dim: int) -> jax.Array:
+    """A memory bank (n_data, feat_dim) drawn uniformly in ``±1/sqrt(feat_dim / 3)`` (so ``E‖row‖² = 1``), as
+    ``ContrastMemory``."""
+    bound = 1.0 / math.sqrt(feat_dim / 3)
+    return jax.random.uniform(key, (n_data, feat_dim), jnp.float32, -bound, bound)
+
+
+def crd_scores(embeddings: jax.Array, bank: jax.Array, contrast_idx: jax.Array, temperature: float) -> jax.Array:
+    """``exp(⟨bank[contrast_idx[b, k]], embeddings[b]⟩ / T)``, shape (B, K + 1): column 0 the positive (the
+    example's own row), columns 1… the K negatives. ``embeddings`` (B, D) unit vectors; the bank is a constant."""
+    rows = jax.lax.stop_gradient(bank)[contrast_idx]  # (B, K + 1, D)
+    return jnp.exp(jnp.einsum("bkd,bd->bk", rows, _promote(embeddings)) / temperature)
+
+
+def crd_normalizer(scores: jax.Array, n_data: int) -> jax.Array:
+    """The NCE normalising constant ``Z = mean(scores) · n_data``; the authors fix it from the first batch."""
+    return jax.lax.stop_gradient(jnp.mean(scores) * n_data)
+
+
+def crd_nce_loss(scores: jax.Array, normalizer, n_data: int, eps: float = 1e-7) -> jax.Array:
+    """NCE loss (CRD Eq. 18, ``ContrastLoss``) of (B, K + 1) scores, positive in column 0. With ``P = scores / Z``
+    and noise ``m·Pn = K / n_data``: ``−(1/B) Σ_b [log(P_b0 / (P_b0 + m·Pn + eps))
+    + Σ_{k≥1} log(m·Pn / (P_bk + m·Pn + eps))]``."""
+    p = scores / normalizer
+    noise = (scores.shape[1] - 1) / n_data
+    positive = jnp.log(p[:, 0] / (p[:, 0] + noise + eps))
+    negative = jnp.log(noise / (p[:, 1:] + noise + eps))
+    return -(jnp.sum(positive) + jnp.sum(negative)) / scores.shape[0]
+
+
+def crd_loss(student_emb: jax.Array, teacher_emb: jax.Array, student_bank: jax.Array, teacher_bank: jax.Array,
+             contrast_idx: jax.Array, normalizers: jax.Array, *, temperature: float = 0.07,
+             n_data: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """CRD's two-sided NCE loss and the normalising constants ``(Z_student, Z_teacher)``.
+
+    The student embeddings (B, D) are scored against the teacher bank and the teacher embeddings against the
+    student bank (:func:`crd_scores`, both unit vectors from the embedding heads). ``normalizers`` (2,): a
+    negative entry is unset and is replaced by :func:`crd_normalizer` of this batch's scores, as the authors' −1;
+    the method keeps the returned pair. ``n_data`` defaults to the banks' rows. Unweighted (the authors'
+    β = 0.8). Update the banks afterwards with :func:`crd_bank_update`."""
+    n_data = student_bank.shape[0] if n_data is None else n_data
+    scores_s = crd_scores(student_emb, teacher_bank, contrast_idx, temperature)
+    scores_t = crd_scores(teacher_emb, student_bank, contrast_idx, temperature)
+    fresh = jnp.stack([crd_normalizer(scores_s, n_data), crd_normalizer(scores_t, n_data)])
+    normalizers = jnp.where(normalizers < 0, fresh, normalizers)
+    loss = crd_nce_loss(scores_s, normalizers[0], n_data) + crd_nce_loss(scores_t, normalizers[1], n_data)
+    return loss, normalizers
+
+
+def crd_bank_update(bank: jax.Array, indices: jax.Array, embeddings: jax.Array, momentum: float = 0.5) -> jax.Array:
+    """Rows ``indices`` (B,) become ``normalize(momentum · bank[i] + (1 − momentum) · embeddings[b])``; the other
+    rows are unchanged (``ContrastMemory``'s update; the embeddings are constants here)."""
+    rows = momentum * bank[indices] + (1.0 - momentum) * jax.lax.stop_gradient(embeddings).astype(bank.dtype)
+    return bank.at[indices].set(l2_normalize(rows, eps=0.0))
+
+
+def crd_contrast_indices(key: jax.Array, indices: jax.Array, labels: jax.Array, all_labels: jax.Array,
+                         k: int) -> jax.Array:
+    """CRD's bank rows to score, (B, k + 1): column 0 the examples' own ``indices`` (B,), then ``k`` negatives per
+    example drawn uniformly without replacement among the training examples of other classes than its label
+    (``labels`` (B,); ``all_labels`` (n_data,) the label of every bank row), as RepDistiller's
+    ``CIFAR100InstanceSample`` in its default ``exact`` mode. The draw takes the ``k`` largest of independent
+    Gumbel keys over the eligible rows, so ``k`` must not exceed the smallest number of other-class examples."""
+    gumbel = jax.random.gumbel(key, (indices.shape[0], all_labels.shape[0]))
+    eligible = labels[:, None] != all_labels[None, :]
+    negatives = jax.lax.top_k(jnp.where(eligible, gumbel, -jnp.inf), k)[1]
+    return jnp.concatenate([indices[:, None], negatives.astype(indices.dtype)], axis=1)

@@ -3,6 +3,8 @@
 A model is built once from ``(model_config, input_shape, num_classes, key)`` and split into a static
 ``graphdef``, trainable ``params`` (``nnx.Param``) and ``rest`` (everything else, e.g. BatchNorm
 statistics of the ResNets; empty for the MLP and CNN). Training code only sees these pytrees and :func:`apply`.
+``apply(..., features=True)`` also returns the intermediate features (:class:`Features`; names, shapes and which
+are pre-activation in ``ev3.models.features``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import jax
 from flax import nnx
 
 from ev3.models.cnn import CNN
+from ev3.models.features import Features
 from ev3.models.mlp import MLP
 from ev3.models.resnet import ResNet, WideResNet
 
@@ -41,13 +44,16 @@ def build(model_config: dict, input_shape: tuple[int, ...], num_classes: int, ke
     return Network(graphdef, params, rest)
 
 
-def apply(graphdef, params, rest, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, Any]:
-    """Pure forward pass: logits (B, C) and the updated ``rest`` (BatchNorm statistics in train mode)."""
+def apply(graphdef, params, rest, x: jax.Array, *, train: bool = False, features: bool = False) -> tuple[Any, Any]:
+    """Pure forward pass: logits (B, C) and the updated ``rest`` (BatchNorm statistics in train mode).
+
+    With ``features=True`` the first element is ``(logits, Features)`` instead; the logits and ``rest`` are those
+    of the plain forward, which stays the default path (no extra work)."""
     # copy=True: fresh Variables in the current trace, so BatchNorm may update its statistics inside jax.grad
     model = nnx.merge(graphdef, params, rest, copy=True)
     model.train() if train else model.eval()
-    logits = model(x)
-    return logits, nnx.state(model, nnx.Not(nnx.Param))
+    out = model.features(x) if features else model(x)
+    return out, nnx.state(model, nnx.Not(nnx.Param))
 
 
 def logits_fn(network: Network):

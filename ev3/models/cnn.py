@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ev3.models.features import Features
+
 
 def _conv_input_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
     return (*input_shape, 1) if len(input_shape) == 1 else tuple(input_shape)
@@ -56,3 +58,14 @@ class CNN(nnx.Module):
         for conv in self.convs:
             h = nnx.relu(conv(h))
         return self.head(h.reshape(h.shape[0], -1)).astype(jnp.float32)
+
+    def features(self, x: jax.Array) -> tuple[jax.Array, Features]:
+        """Logits as :meth:`__call__` and the conv blocks (``ev3.models.features``: stages (B, L_s, C_s) each)."""
+        h = x.reshape((x.shape[0], *self.conv_shape))
+        stages, preact = [], []
+        for conv in self.convs:
+            preact.append(conv(h))
+            h = nnx.relu(preact[-1])
+            stages.append(h)
+        embedding = h.reshape(h.shape[0], -1)
+        return self.head(embedding).astype(jnp.float32), Features(stages, preact, embedding)

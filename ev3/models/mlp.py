@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ev3.models.features import Features
+
 
 def hidden_widths(config: dict) -> list[int]:
     """The hidden layers' widths of an MLP config: ``widths``, or ``[width] * depth``."""
@@ -40,3 +42,13 @@ class MLP(nnx.Module):
         for layer in self.hidden:
             h = nnx.relu(layer(h))
         return self.head(h).astype(jnp.float32)
+
+    def features(self, x: jax.Array) -> tuple[jax.Array, Features]:
+        """Logits as :meth:`__call__` and the hidden layers (``ev3.models.features``: stages (B, width) each)."""
+        h = x.reshape(x.shape[0], -1)
+        stages, preact = [], []
+        for layer in self.hidden:
+            preact.append(layer(h))
+            h = nnx.relu(preact[-1])
+            stages.append(h)
+        return self.head(h).astype(jnp.float32), Features(stages, preact, h)

@@ -28,6 +28,8 @@ block was appended to the second stage of a resnet8; without it every stage has 
 float32 (BatchNorm computes its batch statistics in float32), and the logits are returned as float32 for the
 losses.
 
+``features(x)`` returns the logits and the stage outputs (convention in ``ev3.models.features``).
+
 Input: (B, H, W, C) images (CIFAR 32×32×3, MNIST 28×28×1; (H, W) gets one channel); any H, W ≥ 1 works
 because the pool is global.
 """
@@ -40,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from ev3.models.features import Features
 
 RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)  # RepDistiller's named variants (any 6n + 2 is accepted)
 WRN_DEPTHS = (10, 16, 22, 28, 40)  # common WRN depths (any 6n + 4 is accepted)
@@ -129,8 +133,12 @@ class BasicBlock(nnx.Module):
             self.shortcut = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        return nnx.relu(self.preact(x))
+
+    def preact(self, x: jax.Array) -> jax.Array:
+        """The residual sum before the final ReLU."""
         out = self.bn2(self.conv2(nnx.relu(self.bn1(self.conv1(x)))))
-        return nnx.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+        return out + (x if self.shortcut is None else self.shortcut(x))
 
 
 class PreActBlock(nnx.Module):
@@ -144,9 +152,19 @@ class PreActBlock(nnx.Module):
         self.shortcut = _conv(in_ch, out_ch, 1, stride, dtype, rngs) if stride != 1 or in_ch != out_ch else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = nnx.relu(self.bn1(x))
+        return self.with_input_preact(x)[0]
+
+    def with_input_preact(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The block's output and ``bn1(x)``, the pre-activation of its input."""
+        pre = self.bn1(x)
+        h = nnx.relu(pre)
         out = self.conv2(nnx.relu(self.bn2(self.conv1(h))))
-        return out + (x if self.shortcut is None else self.shortcut(h))
+        return out + (x if self.shortcut is None else self.shortcut(h)), pre
+
+
+def _starts_stage(block) -> bool:
+    """Whether a block opens a new stage: stages 2 and 3 start with a stride-2 block (``_stages``)."""
+    return block.conv1.strides != (1, 1)
 
 
 def _stages(block, stem: int, widths: list[int], counts: list[int], dtype, rngs: nnx.Rngs) -> nnx.List:
@@ -182,6 +200,21 @@ class ResNet(nnx.Module):
             h = block(h)
         return self.head(h.mean(axis=(1, 2))).astype(jnp.float32)
 
+    def features(self, x: jax.Array) -> tuple[jax.Array, Features]:
+        """Logits as :meth:`__call__` and the stage outputs (``ev3.models.features``)."""
+        h = nnx.relu(self.bn(self.conv(x.reshape((x.shape[0], *self.image_shape)))))
+        stages, preact = [], []
+        for i, block in enumerate(self.blocks):
+            if i > 0 and _starts_stage(block):
+                stages.append(h)
+            pre = block.preact(h)
+            h = nnx.relu(pre)
+            if i + 1 == len(self.blocks) or _starts_stage(self.blocks[i + 1]):
+                preact.append(pre)
+        stages.append(h)
+        embedding = h.mean(axis=(1, 2))
+        return self.head(embedding).astype(jnp.float32), Features(stages, preact, embedding)
+
 
 class WideResNet(nnx.Module):
     """WRN-``depth``-``widen``, e.g. depth 40 and widen 2 → wrn40-2."""
@@ -205,3 +238,19 @@ class WideResNet(nnx.Module):
             h = block(h)
         h = nnx.relu(self.bn(h))
         return self.head(h.mean(axis=(1, 2))).astype(jnp.float32)
+
+    def features(self, x: jax.Array) -> tuple[jax.Array, Features]:
+        """Logits as :meth:`__call__` and the stage outputs (``ev3.models.features``)."""
+        h = self.conv(x.reshape((x.shape[0], *self.image_shape)))
+        stages, preact = [], []
+        for i, block in enumerate(self.blocks):
+            if i > 0 and _starts_stage(block):
+                stages.append(h)
+                h, pre = block.with_input_preact(h)
+                preact.append(pre)
+            else:
+                h = block(h)
+        stages.append(h)
+        preact.append(self.bn(h))
+        embedding = nnx.relu(preact[-1]).mean(axis=(1, 2))
+        return self.head(embedding).astype(jnp.float32), Features(stages, preact, embedding)
