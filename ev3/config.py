@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ev3 import paths
 from ev3.data import EMBEDDED
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflow", "schemas", "config.schema.yaml")
@@ -145,12 +146,12 @@ class RunSpec:
 
 
 def results_root(config: dict) -> str:
-    return os.path.join("results", config["benchmark"])
+    return paths.results_root(config["benchmark"])
 
 
 def data_marker(config: dict, dataset: str) -> str:
     """The data job's output: the prepared embedded dataset, or a marker saying where a TFDS one is."""
-    return os.path.join(results_root(config), "data", dataset)
+    return paths.data_dir(dataset, root=results_root(config))
 
 
 def dataset_dir(config: dict, dataset: str) -> str:
@@ -176,11 +177,11 @@ def teacher_checkpoint(config: dict, model: str) -> str | None:
 
 
 def teacher_dir(config: dict, dataset: str, model: str) -> str:
-    return os.path.join(results_root(config), "teacher", dataset, model, f"seed{config['teacher']['seed']}")
+    return paths.teacher_dir(dataset, model, config["teacher"]["seed"], root=results_root(config))
 
 
 def run_dir(config: dict, dataset: str, student: str, method: str, seed: int) -> str:
-    return os.path.join(results_root(config), "runs", dataset, student, method, f"seed{seed}")
+    return paths.run_dir(dataset, student, method, seed, root=results_root(config))
 
 
 def _common(config: dict, dataset: str, teacher: str) -> dict:

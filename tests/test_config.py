@@ -139,3 +139,24 @@ def test_a_configfile_replaces_the_default_benchmark_instead_of_merging_into_it(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(tmp_path / "results" / "smoke" / "config.yaml") as f:
         assert yaml.safe_load(f) == validate(smoke_config)
+
+
+def test_path_templates_are_spelled_once():
+    """The run layout comes from ev3.paths: the config helpers agree with it and no rule spells it."""
+    from ev3 import paths
+    from ev3.config import run_dir, teacher_dir
+
+    config = {"benchmark": "b", "teacher": {"seed": 3}}
+    assert run_dir(config, "d", "s", "m", 2) == os.path.join("results", "b", "runs", "d", "s", "m", "seed2")
+    assert teacher_dir(config, "d", "t") == os.path.join("results", "b", "teacher", "d", "t", "seed3")
+    root = paths.results_root("b")
+    assert paths.state_dir(run_dir(config, "d", "s", "m", 2), root=root) == os.path.join(root, "state", "runs", "d", "s", "m", "seed2")
+    workflow = os.path.join(ROOT, "workflow")
+    sources = [os.path.join(workflow, "Snakefile")] + [
+        os.path.join(workflow, "rules", f) for f in os.listdir(os.path.join(workflow, "rules")) if f.endswith(".smk")
+    ]
+    for source in sources:
+        with open(source) as f:
+            text = f.read()
+        for literal in ("/runs/", "seed{", '"state"', "/data/", '"results'):
+            assert literal not in text, (source, literal)
