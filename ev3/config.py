@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -103,13 +102,10 @@ def validate(config: dict) -> dict:
 
 
 def budget_share(method: dict) -> int:
-    """Student steps of one unit of a method's budget: a step of every tuned member, an EV3 iteration (K·L),
-    one step otherwise."""
-    if method["type"] == "tuned":
-        return math.prod(len(v) for v in method["space"].values())
-    if method["type"] == "ev3":
-        return len(method["losses"]) * len(method["optimizers"]) * method["steps_per_candidate"]
-    return 1
+    """Student steps of one unit of a method instance (``methods/<name>``): its module's ``budget_share``."""
+    from ev3 import methods
+
+    return methods.get(method["type"]).budget_share(method)
 
 
 @dataclass(frozen=True)
@@ -221,11 +217,10 @@ def student_run(config: dict, dataset: str, student: str, method: str, seed: int
     options = copy.deepcopy(config["methods"][method])
     train = copy.deepcopy(config["train"])
     if config.get("budget") and "student_steps" in config["budget"]:  # equal student steps for every method
+        from ev3 import methods
+
         units = config["budget"]["student_steps"] // budget_share(options)
-        if options["type"] == "ev3":
-            options["iterations"] = units
-        else:
-            train["steps"] = units
+        options, train = methods.get(options["type"]).with_units(options, train, units)
     teacher = teacher_of(config, student)
     return {
         **_common(config, dataset, teacher),
