@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ev3 import paths
 from ev3.data import EMBEDDED
 
 if TYPE_CHECKING:
@@ -106,13 +106,10 @@ def validate(config: dict) -> dict:
 
 
 def budget_share(method: dict) -> int:
-    """Student steps of one unit of a method's budget: a step of every tuned member, an EV3 iteration (K·L),
-    one step otherwise."""
-    if method["type"] == "tuned":
-        return math.prod(len(v) for v in method["space"].values())
-    if method["type"] == "ev3":
-        return len(method["losses"]) * len(method["optimizers"]) * method["steps_per_candidate"]
-    return 1
+    """Student steps of one unit of a method instance (``methods/<name>``): its module's ``budget_share``."""
+    from ev3 import methods
+
+    return methods.get(method["type"]).budget_share(method)
 
 
 @dataclass(frozen=True)
@@ -151,12 +148,12 @@ class RunSpec:
 
 
 def results_root(config: dict) -> str:
-    return os.path.join("results", config["benchmark"])
+    return paths.results_root(config["benchmark"])
 
 
 def data_marker(config: dict, dataset: str) -> str:
     """The data job's output: the prepared embedded dataset, or a marker saying where a TFDS one is."""
-    return os.path.join(results_root(config), "data", dataset)
+    return paths.data_dir(dataset, root=results_root(config))
 
 
 def dataset_dir(config: dict, dataset: str) -> str:
@@ -182,11 +179,11 @@ def teacher_checkpoint(config: dict, model: str) -> str | None:
 
 
 def teacher_dir(config: dict, dataset: str, model: str) -> str:
-    return os.path.join(results_root(config), "teacher", dataset, model, f"seed{config['teacher']['seed']}")
+    return paths.teacher_dir(dataset, model, config["teacher"]["seed"], root=results_root(config))
 
 
 def run_dir(config: dict, dataset: str, student: str, method: str, seed: int) -> str:
-    return os.path.join(results_root(config), "runs", dataset, student, method, f"seed{seed}")
+    return paths.run_dir(dataset, student, method, seed, root=results_root(config))
 
 
 def _common(config: dict, dataset: str, teacher: str) -> dict:
@@ -228,11 +225,10 @@ def student_run(config: dict, dataset: str, student: str, method: str, seed: int
     options = copy.deepcopy(config["methods"][method])
     train = copy.deepcopy(config["train"])
     if config.get("budget") and "student_steps" in config["budget"]:  # equal student steps for every method
+        from ev3 import methods
+
         units = config["budget"]["student_steps"] // budget_share(options)
-        if options["type"] == "ev3":
-            options["iterations"] = units
-        else:
-            train["steps"] = units
+        options, train = methods.get(options["type"]).with_units(options, train, units)
     teacher = teacher_of(config, student)
     return {
         **_common(config, dataset, teacher),

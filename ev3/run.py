@@ -18,7 +18,7 @@ import jax
 from ev3 import checkpoint, data as data_lib, io, methods, models
 from ev3.config import RunSpec
 from ev3.methods.common import Frozen
-from ev3.train import Counter, FitResult, accuracy, compute_counters, fit, frozen_logits, predict, test_report
+from ev3.train import Counter, FitResult, Selection, accuracy, compute_counters, fit, frozen_logits, predict, test_report
 
 
 def versions() -> dict:
@@ -70,7 +70,7 @@ def imported_teacher(method, spec: RunSpec, dataset) -> FitResult:
                 "test_accuracy": accuracy(test_logits, dataset.splits["test"][1])}]
     compute = compute_counters(counter, student_steps=0, teacher_forwards=0, teacher_backwards=0, flops_student=0.0,
                                flops_teacher=0.0, flops_selection=selection_flops, wall_s=wall, train_s=0.0)
-    return FitResult(state, state, val_acc, history, compute)
+    return FitResult(Selection(val_acc, 0, None, state), state, history, compute, state=state)
 
 
 def run(spec: RunSpec, out_dir: str, *, log=print, state_dir: str | None = None) -> dict:
@@ -107,8 +107,9 @@ def run(spec: RunSpec, out_dir: str, *, log=print, state_dir: str | None = None)
         "compute": result.compute,
         "versions": versions(),
     }
-    if hasattr(method, "summary"):
-        metrics[spec.method_type] = method.summary(result)
+    summary = method.summary(result)
+    if summary is not None:
+        metrics[spec.method_type] = summary
     os.makedirs(out_dir, exist_ok=True)
     io.write_npz(os.path.join(out_dir, "predictions.npz"), **predictions)
     if spec.role == "teacher":

@@ -1,34 +1,42 @@
-"""The shared training loop: every method runs through :func:`fit`.
+"""The training loop: every method runs through :func:`fit`.
 
-The loop owns the step budget, batch order, eval cadence, selection on ``val``, the NaN/Inf guard, timing and
-compute accounting; a method only supplies ``init`` / ``step`` / ``evaluate`` (see ``ev3.methods.common``).
+The loop owns the budget stop, eval cadence, selection on ``val``, history, the NaN/Inf guard, checkpoints and
+resume, timing and compute accounting; a method (:class:`ev3.methods.contract.Method`) supplies ``init``, its
+unit of work (:class:`ev3.methods.contract.Work`: :class:`StepWork` for a pure ``step``; EV3's round) and
+``evaluate``, plus the hooks it declares.
 
 Conventions
-- Batches: each epoch is a permutation of ``train`` (stream ``batch_order`` folded with the epoch number),
-  cut into ``N // batch_size`` batches (the remainder is dropped); the gather runs on device inside the
-  jitted step. The step key is stream ``step`` folded with the step number. With ``train.augment`` (images),
-  the batch is augmented on device in the same step (``ev3.data.augment``, stream ``augment`` of the step key).
-- The Python loop calls one ahead-of-time compiled step per iteration (conv training inside ``lax.scan`` is
-  much slower on CPU); the loss is summed on device and fetched only at evaluations. The step takes and returns
+- Batches (:class:`StepWork`): each epoch is a permutation of ``train`` (stream ``batch_order`` folded with the
+  epoch number), cut into ``N // batch_size`` batches (the remainder is dropped); the gather runs on device
+  inside the jitted step. The step key is stream ``step`` folded with the step number. With ``train.augment``
+  (images), the batch is augmented on device in the same step (``ev3.data.augment``, stream ``augment`` of the
+  step key).
+- The Python loop calls one ahead-of-time compiled step per unit (conv training inside ``lax.scan`` is much
+  slower on CPU); the loss is summed on device and fetched only at evaluations. The step takes and returns
   the state's flat list of leaves and a device-resident step index, so a call does no pytree flattening and
   no host-to-device transfer.
+- Cadence: a unit is ``work.steps_per_unit`` steps per population member (one step; an EV3 round: K·L). The
+  state is evaluated once ``train.eval_every`` more steps are done and after the last unit; checkpoints are
+  named by steps done.
 - FLOPs: XLA's ``cost_analysis()`` of each compiled call × its number of calls. ``flops_teacher`` = teacher
   forward cost on a batch × (teacher forwards + 2 × teacher backwards; a backward pass is counted as two
-  forwards); ``flops_student`` = the rest of the training steps; ``flops_selection`` = evaluations on ``val``.
+  forwards; per unit: ``method.teacher_passes``); ``flops_student`` = the rest of the training steps;
+  ``flops_selection`` = evaluations on ``val`` (and a method's own selection work, e.g. EV3's assess/decide).
   Test-set evaluations are reporting only and not counted.
-- Tracking: a method may define ``track(state, data, counter, initial_teacher) -> dict``; it is called at every evaluation
-  and the entries (with ``student_steps``) are returned as ``FitResult.tracked`` (e.g. MetaDistil's teacher).
-- Selection: the state with the best ``val`` accuracy (earliest on ties) is the reported model.
-- Populations: a method with ``population_size(spec)`` (``tuned``) trains several members in one step and
-  its ``evaluate`` returns logits (members, N, C). Selection runs over (member, evaluation), ``select(state,
-  k)`` keeps member ``k``; every member's steps count as student steps; each evaluation's per-member ``val``
-  accuracies are tracked (``val_accuracy_per_member``). Its teacher passes per step come from
-  ``teacher_passes(spec)``.
+- Tracking: ``method.track(state, data, counter, teacher)`` runs at every evaluation; a dict it returns (with
+  ``student_steps``) is appended to ``FitResult.tracked`` (e.g. MetaDistil's teacher).
+- Selection: ``method.model(state)`` is evaluated; the one with the best ``val`` accuracy (earliest on ties)
+  is the reported model, a :class:`Selection`.
+- Populations: with ``method.population_size(spec)`` (``tuned``), several members train in one step and
+  ``evaluate`` returns logits (members, N, C). Selection runs over (member, evaluation), ``select(model, k)``
+  keeps member ``k``; every member's steps count as student steps; each evaluation's per-member ``val``
+  accuracies are tracked (``val_accuracy_per_member``).
 - Resume: with ``state_dir``, the loop checkpoints (``ev3.checkpoint.ResumeStore``, orbax) at evaluations every
-  ``train.checkpoint_every`` steps (default: every evaluation) and at the end: the method state, the selected
-  state, the step and the loop's bookkeeping (history, tracking, best val accuracy/step, selection FLOPs,
-  timings). Batch order and step keys are functions of the step index, so a resumed run is bit-identical to
-  an uninterrupted one; an unusable checkpoint falls back to the previous one, or to a fresh start.
+  ``train.checkpoint_every`` steps (default: every evaluation) and at the end: the method state
+  (``work.checkpoint``), the selected model, the steps done and the loop's bookkeeping (history, tracking,
+  selection, FLOPs, timings). Batch order and step keys are functions of the step index, so a resumed run is
+  bit-identical to an uninterrupted one; an unusable checkpoint falls back to the previous one, or to a fresh
+  start.
 """
 
 from __future__ import annotations
@@ -186,172 +194,304 @@ def merge_compiles(counter: Counter, resumed: dict) -> None:
 
 
 @dataclass
-class FitResult:
-    selected_state: object
-    final_state: object
+class Selection:
+    """The evaluated model with the best ``val`` accuracy so far (earliest, then lowest member, on ties).
+
+    ``student_steps``: when it was evaluated; ``member``: its index in a population (None otherwise);
+    ``model``: a copy of it (``method.model(state)``, or one member of it)."""
+
     val_accuracy: float
+    student_steps: int
+    member: int | None
+    model: object
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the selected model, the final model (``method.model`` of the final state; of a
+    population, the selected member), the evaluations (``history``), compute counters, the per-evaluation
+    tracked values and the method's final state (for its ``summary``)."""
+
+    selection: Selection
+    final_state: object
     history: list
     compute: dict
     tracked: list = field(default_factory=list)
+    state: object = None
+
+    @property
+    def selected_state(self):
+        return self.selection.model
+
+    @property
+    def val_accuracy(self) -> float:
+        return self.selection.val_accuracy
+
+
+@dataclass
+class RunContext:
+    """One run as a method's :class:`ev3.methods.contract.Work` sees it. ``flops``: the run's FLOPs counters
+    (``student``, ``teacher``, ``selection``), shared with the loop, which adds ``val`` evaluations to
+    ``selection``; ``put``: places a pytree for data parallelism (identity without)."""
+
+    method: object
+    spec: object
+    data: object
+    teacher: object
+    counter: Counter
+    dp: object = None
+    log: object = print
+    flops: dict = field(default_factory=lambda: {"student": 0.0, "teacher": 0.0, "selection": 0.0})
+
+    def put(self, tree):
+        return self.dp.put(tree) if self.dp else tree
+
+
+class StepWork:
+    """The unit of work of a method with a pure ``step(state, batch, key) -> (state, logs)``: one compiled call
+    of the step on the next batch (see Conventions: batches, keys, augmentation, flat leaves, donation).
+
+    Units: ``train.steps``; one student step (per population member) each. FLOPs: the compiled call's cost × calls,
+    the teacher's share from ``method.teacher_passes``; no per-step host accumulation."""
+
+    def __init__(self, ctx: RunContext):
+        if flops_budget(ctx.spec) is not None:  # the budget is resolved to steps before init (LR schedules need them)
+            ctx.spec = apply_flops_budget(ctx.method, ctx.spec, ctx.data, ctx.teacher)
+        self.ctx = ctx
+        method, spec, put = ctx.method, ctx.spec, ctx.put
+        self.units, self.steps_per_unit = spec.train["steps"], 1
+        self.forwards, self.backwards = method.teacher_passes(spec)
+        self.members = method.population_size(spec)
+        x_all, y_all = put(ctx.data.splits["train"])
+        n, batch_size = x_all.shape[0], spec.train["batch_size"]
+        self.per_epoch = per_epoch = n // batch_size
+        if per_epoch < 1:
+            raise ValueError(f"train/batch_size={batch_size} exceeds the {n} training examples")
+        augment, dp = augment_fn(spec.train.get("augment")), ctx.dp
+        key = seed_key(spec.seed)
+        self.train = (x_all, y_all)
+
+        # The data and keys are arguments, never constants: no dataset inside the executable, and other seeds
+        # reuse the compiled kernel. The step index lives on device and comes back incremented, and the state
+        # crosses the call as its flat leaves (``on_flat_state``), so a step sends nothing from the host.
+        def loop_step(state, loss_sum, i, train, perm, step_key):
+            idx = jax.lax.dynamic_slice_in_dim(perm, (i % per_epoch) * batch_size, batch_size)
+            (x, y), key = (train[0][idx], train[1][idx]), jax.random.fold_in(step_key, i)
+            if dp:
+                x, y = dp.constrain_batch((x, y))
+            if augment is not None:  # its own stream: the method's key is the same with or without augmentation
+                x = augment(stream(key, "augment"), x)
+            state, logs = method.step(state, (x, y), key)
+            if dp:
+                state = dp.constrain_replicated(state)
+            return state, loss_sum + logs["loss"], i + 1
+
+        def permutation(key, epoch):  # the key is an argument, so runs with other seeds reuse the compiled kernel
+            return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+        self.loop_step, self.permutation = loop_step, permutation
+        self.zero, self.order_key, self.step_key = put((jnp.float32(0.0), stream(key, "batch_order"), stream(key, "step")))
+        self.initial = None
+
+    def load(self, state, units_done: int) -> None:
+        """Take ``state`` (initial or restored) as the state after ``units_done`` units; compiles on first use.
+        The step donates its state: it gets a copy, so arrays shared with the caller (teacher, data) stay alive."""
+        c, i32, put = self.ctx.counter, np.int32, self.ctx.put
+        state = put(jax.tree.map(jnp.copy, state))
+        if self.initial is None:
+            self.initial = state
+            self.treedef = jax.tree.structure(state)
+            self.perm_c, _ = c.compile("permutation", self.permutation, self.order_key, i32(0))
+            self.step_c, self.step_flops = c.compile(
+                "step", on_flat_state(self.loop_step, self.treedef), jax.tree.leaves(state), self.zero, put(i32(0)),
+                self.train, self.perm_c(self.order_key, i32(0)), self.step_key, donate_argnums=(0, 2),
+            )
+            self.finite_c, _ = c.compile("all_finite", _all_finite, state)
+            self.teacher_fwd_flops = 0.0
+            teacher = self.ctx.teacher
+            if teacher is not None and (self.forwards or self.backwards):
+                batch = self.train[0][: self.ctx.spec.train["batch_size"]]
+                _, self.teacher_fwd_flops = c.compile("teacher_forward", frozen_logits, put(teacher), batch)
+        self.leaves, self.step_index = jax.tree.leaves(state), put(jnp.int32(units_done))
+        self.loss_sum, self.since, self.perm = self.zero, 0, None
+
+    def advance(self, index: int) -> None:
+        epoch, j = divmod(index, self.per_epoch)
+        if j == 0 or self.perm is None:
+            self.perm = self.perm_c(self.order_key, np.int32(epoch))
+        self.leaves, self.loss_sum, self.step_index = self.step_c(
+            self.leaves, self.loss_sum, self.step_index, self.train, self.perm, self.step_key
+        )
+        self.since += 1
+
+    def state(self):
+        return jax.tree.unflatten(self.treedef, self.leaves)
+
+    def train_loss(self) -> float:
+        loss = float(self.loss_sum) / self.since  # host sync
+        self.loss_sum, self.since = self.zero, 0
+        return loss
+
+    def nonfinite(self, train_loss) -> str | None:
+        finite = math.isfinite(train_loss) and bool(self.finite_c(self.state()))
+        return None if finite else "training loss or parameters"
+
+    def training_flops(self, units: int) -> tuple[float, float, float]:
+        teacher = self.teacher_fwd_flops * (units * self.forwards + 2 * units * self.backwards)
+        total = self.step_flops * units
+        return total - teacher, teacher, total
+
+    def progress(self, units: int) -> str:
+        return f"step {units}/{self.units}"
+
+    def checkpoint(self) -> tuple[dict, dict]:
+        return {"state": self.state()}, {}
+
+    def likes(self, meta: dict) -> dict:
+        return {"state": self.initial}
+
+    def restore(self, trees: dict, meta: dict, units_done: int) -> None:
+        self.load(trees["state"], units_done)
+
+    def model_meta(self, model) -> dict:
+        return {}
+
+    def model_like(self, meta: dict):
+        model = self.ctx.method.model(self.initial)
+        return self.ctx.method.select(model, 0) if self.members else model
 
 
 def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None, devices=None) -> FitResult:
-    """Train ``method`` (a module from ``ev3.methods``) per ``spec`` on ``data`` and select on ``val``.
+    """Train ``method`` (a module of ``ev3.methods``, :class:`ev3.methods.contract.Method`) per ``spec`` on
+    ``data`` and select on ``val``: the one training loop of every method.
+
+    The method's :class:`~ev3.methods.contract.Work` advances the state one unit at a time; this loop owns the
+    budget stop (``work.units`` units, or with ``units`` None until the FLOPs budget: it stops before a unit
+    that would exceed it, a unit costing about what the last one did), the eval cadence (every
+    ``train.eval_every`` steps per member, where a unit is ``work.steps_per_unit`` steps, and after the last
+    unit), selection, history, tracking, checkpoints/resume and the compute counters.
 
     ``state_dir``: checkpoint there and resume from the newest usable checkpoint found there (see Resume).
     ``devices``: data-parallel over these (default: all local devices; see ``ev3.parallel``)."""
-    if hasattr(method, "fit"):  # host-driven methods (EV3) run their own loop with the same conventions
-        return method.fit(spec, data, teacher, log=log, state_dir=state_dir)
-    if flops_budget(spec) is not None:
-        spec = apply_flops_budget(method, spec, data, teacher)
     t_start = time.perf_counter()
     key = seed_key(spec.seed)
     init_key = stream(key, "student_init" if spec.role == "student" else "teacher_init")
-    order_key, step_key = stream(key, "batch_order"), stream(key, "step")
-    # The step donates its state: copy it once, so arrays the state shares with the caller (the teacher,
-    # data splits) stay alive.
-    state = jax.tree.map(jnp.copy, method.init(spec, data, teacher, init_key))
-    dp = data_parallel(spec.train["batch_size"], devices)
-    put = dp.put if dp else (lambda tree: tree)
-    state = put(state)
-    members = method.population_size(spec) if hasattr(method, "population_size") else None
-    forwards, backwards = (
-        method.teacher_passes(spec) if hasattr(method, "teacher_passes")
-        else (method.TEACHER_FORWARDS_PER_STEP, method.TEACHER_BACKWARDS_PER_STEP)
-    )
+    ctx = RunContext(method, spec, data, teacher, Counter(), data_parallel(spec.train["batch_size"], devices), log)
+    counter, flops = ctx.counter, ctx.flops
+    work = method.work(ctx)
+    spec = ctx.spec  # a FLOPs budget may be resolved to units (StepWork)
+    work.load(method.init(spec, data, teacher, init_key), 0)
+    members = method.population_size(spec)
+    x_val, y_val = ctx.put(data.splits["val"])
+    x_test, y_test = ctx.put(data.splits["test"])
+    eval_every, units, per_unit = spec.train["eval_every"], work.units, work.steps_per_unit
+    budget = flops_budget(spec) if units is None else None
+    tag = f"[{spec.method} seed{spec.seed}]"
 
-    x_all, y_all = put(data.splits["train"])
-    x_val, y_val = put(data.splits["val"])
-    x_test, y_test = put(data.splits["test"])
-    n, batch_size = x_all.shape[0], spec.train["batch_size"]
-    steps, eval_every = spec.train["steps"], spec.train["eval_every"]
-    per_epoch = n // batch_size
-    if per_epoch < 1:
-        raise ValueError(f"train/batch_size={batch_size} exceeds the {n} training examples")
-
-    augment = augment_fn(spec.train.get("augment"))
-
-    # The data and keys are arguments, never constants: no dataset inside the executable, and other seeds
-    # reuse the compiled kernel. The step index lives on device and comes back incremented, and the state
-    # crosses the call as its flat leaves (``on_flat_state``), so a step sends nothing from the host.
-    def loop_step(state, loss_sum, i, train, perm, step_key):
-        idx = jax.lax.dynamic_slice_in_dim(perm, (i % per_epoch) * batch_size, batch_size)
-        (x, y), key = (train[0][idx], train[1][idx]), jax.random.fold_in(step_key, i)
-        if dp:
-            x, y = dp.constrain_batch((x, y))
-        if augment is not None:  # its own stream: the method's key is the same with or without augmentation
-            x = augment(stream(key, "augment"), x)
-        state, logs = method.step(state, (x, y), key)
-        if dp:
-            state = dp.constrain_replicated(state)
-        return state, loss_sum + logs["loss"], i + 1
-
-    def permutation(key, epoch):  # the key is an argument, so runs with other seeds reuse the compiled kernel
-        return jax.random.permutation(jax.random.fold_in(key, epoch), n)
-
-    counter = Counter()
-    zero, order_key, step_key = put((jnp.float32(0.0), order_key, step_key))
-    i32 = np.int32
-    train = (x_all, y_all)
-    perm_c, _ = counter.compile("permutation", permutation, order_key, i32(0))
-    treedef = jax.tree.structure(state)
-    step_c, step_flops = counter.compile(
-        "step", on_flat_state(loop_step, treedef), jax.tree.leaves(state), zero, put(i32(0)), train,
-        perm_c(order_key, i32(0)), step_key, donate_argnums=(0, 2),
-    )
-    finite_c, _ = counter.compile("all_finite", _all_finite, state)
-    teacher_fwd_flops = 0.0
-    if teacher is not None and (forwards or backwards):
-        _, teacher_fwd_flops = counter.compile("teacher_forward", frozen_logits, put(teacher), x_all[:batch_size])
-
-    history, tracked, selection_flops = [], [], 0.0
-    best = None  # (val_accuracy, step, state copy)
-    loss_sum, since_eval, train_s = zero, 0, 0.0
-    perm = None
+    history, tracked, train_s = [], [], 0.0
+    best: Selection | None = None
     start, store, resumed = 0, None, {}
     if state_dir is not None:
         checkpoint_every = spec.train.get("checkpoint_every", eval_every)
         store = resume_store(spec, teacher, state_dir, log)
-        restored = store.restore({"state": state, "best": method.select(state, 0) if members else state})
+        restored = store.restore(lambda meta: {**work.likes(meta.get("method", {})),
+                                               "best": work.model_like(meta.get("best_model", {}))})
         if restored is not None:
-            start, trees, resumed = restored
-            trees = put(trees)
-            state, history, tracked = trees["state"], resumed["history"], resumed["tracked"]
-            best = (resumed["best_val_accuracy"], resumed["best_step"], trees["best"], resumed.get("best_member"))
-            selection_flops, train_s = resumed["selection_flops"], resumed["train_s"]
+            step, trees, resumed = restored
+            trees = ctx.put(trees)
+            start = step // per_unit
+            work.restore({k: v for k, v in trees.items() if k != "best"}, resumed["method"], start)
+            history, tracked = resumed["history"], resumed["tracked"]
+            b = resumed["best"]
+            best = Selection(b["val_accuracy"], b["student_steps"], b["member"], trees["best"])
+            flops.update(resumed["flops"])
+            train_s = resumed["train_s"]
             t_start -= resumed["wall_s"]  # the wall time before the interruption counts too
-            log(f"[{spec.method} seed{spec.seed}] resumed from step {start} ({state_dir})")
-    leaves, step_index = jax.tree.leaves(state), put(jnp.int32(start))
+            log(f"{tag} resumed from step {step} ({state_dir})")
+    next_eval = (start * per_unit // eval_every + 1) * eval_every
+    last_checkpoint, done = start * per_unit, start
     t_loop = time.perf_counter()
-    for i in range(start, steps):
-        epoch, j = divmod(i, per_epoch)
-        if j == 0 or perm is None:
-            perm = perm_c(order_key, i32(epoch))
-        leaves, loss_sum, step_index = step_c(leaves, loss_sum, step_index, train, perm, step_key)
-        since_eval += 1
-        done = i + 1
-        if done % eval_every == 0 or done == steps:
-            state = jax.tree.unflatten(treedef, leaves)
-            train_loss = float(loss_sum) / since_eval  # host sync
+    for i in range(start, units if units is not None else 2**31 - 1):
+        trained_before = work.training_flops(i)[2] if budget is not None else None
+        work.advance(i)
+        done, steps = i + 1, (i + 1) * per_unit
+        if budget is None:
+            last = done == units
+        else:
+            trained = work.training_flops(done)[2]
+            if i == 0 and trained > budget:
+                raise ValueError(f"budget/flops: {budget:.3g} is less than one round of {spec.method} ({trained:.3g} FLOPs)")
+            last = trained + (trained - trained_before) > budget
+        if steps >= next_eval or last:
+            train_loss = work.train_loss()  # host sync
             train_s += time.perf_counter() - t_loop
-            if not (math.isfinite(train_loss) and bool(finite_c(state))):
-                raise NonFiniteError(
-                    f"{spec.method}: non-finite training loss or parameters at step {done} (mean loss {train_loss})"
-                )
-            val_logits, f = predict(counter, method.evaluate, state, x_val)
-            selection_flops += f
-            test_logits, _ = predict(counter, method.evaluate, state, x_test)
+            what = work.nonfinite(train_loss)
+            if what is not None:
+                raise NonFiniteError(f"{spec.method}: non-finite {what} at step {steps} (mean loss {train_loss})")
+            state = work.state()
+            model = method.model(state)
+            val_logits, f = predict(counter, method.evaluate, model, x_val)
+            flops["selection"] += f
+            test_logits, _ = predict(counter, method.evaluate, model, x_test)
             k = None
             if members:  # the best member now; val only
                 per_member = member_accuracy(val_logits, y_val)
                 k = int(np.argmax(per_member))
-                tracked.append({"student_steps": done * members, "val_accuracy_per_member": per_member.tolist()})
+                tracked.append({"student_steps": steps * members, "val_accuracy_per_member": per_member.tolist()})
                 val_logits, test_logits = val_logits[k], test_logits[k]
             val_acc = accuracy(val_logits, y_val)
-            flops_so_far = step_flops * done + selection_flops
             history.append(
                 {
-                    "student_steps": done * (members or 1),
-                    "flops": flops_so_far,
+                    "student_steps": steps * (members or 1),
+                    "flops": work.training_flops(done)[2] + flops["selection"],
                     "wall_s": time.perf_counter() - t_start,
                     "train_loss": train_loss,
                     "val_accuracy": val_acc,
                     "test_accuracy": accuracy(test_logits, y_test),
                 }
             )
-            log(f"[{spec.method} seed{spec.seed}] step {done}/{steps} loss {train_loss:.4f} val {val_acc:.4f}")
-            if best is None or val_acc > best[0]:
-                best = (val_acc, done, jax.tree.map(jnp.copy, state if k is None else method.select(state, k)), k)
-            if hasattr(method, "track"):
-                tracked.append({"student_steps": done, **method.track(state, data, counter, teacher)})
-            loss_sum, since_eval = zero, 0
-            if store is not None and (done % checkpoint_every == 0 or done == steps):
+            loss_text = "nan" if train_loss is None else f"{train_loss:.4f}"
+            log(f"{tag} {work.progress(done)} loss {loss_text} val {val_acc:.4f}")
+            if best is None or val_acc > best.val_accuracy:
+                selected = model if k is None else method.select(model, k)
+                best = Selection(val_acc, steps * (members or 1), k, jax.tree.map(jnp.copy, selected))
+            values = method.track(state, data, counter, teacher)
+            if values is not None:
+                tracked.append({"student_steps": steps, **values})
+            while next_eval <= steps:
+                next_eval += eval_every
+            if store is not None and (steps // checkpoint_every > last_checkpoint // checkpoint_every or last):
+                trees, method_meta = work.checkpoint()
                 meta = {
                     "history": history,
                     "tracked": tracked,
-                    "best_val_accuracy": best[0],
-                    "best_step": best[1],
-                    "best_member": best[3],
-                    "selection_flops": selection_flops,
+                    "best": {"val_accuracy": best.val_accuracy, "student_steps": best.student_steps, "member": best.member},
+                    "best_model": work.model_meta(best.model),
+                    "method": method_meta,
+                    "flops": flops,
                     "train_s": train_s,
                     "wall_s": time.perf_counter() - t_start,
                     **compile_record(counter, resumed),
                 }
-                store.save(done, {"state": state, "best": best[2]}, meta)
+                store.save(steps, {**trees, "best": best.model}, meta)
+                last_checkpoint = steps
             t_loop = time.perf_counter()
+        if last:
+            break
     if store is not None:
         store.close()
         merge_compiles(counter, resumed)
 
-    teacher_forwards, teacher_backwards = steps * forwards, steps * backwards
-    flops_teacher = teacher_fwd_flops * (teacher_forwards + 2 * teacher_backwards)
+    forwards, backwards = method.teacher_passes(spec)
+    flops_student, flops_teacher, _ = work.training_flops(done)
     compute = compute_counters(
-        counter, student_steps=steps * (members or 1), teacher_forwards=teacher_forwards, teacher_backwards=teacher_backwards,
-        flops_student=step_flops * steps - flops_teacher, flops_teacher=flops_teacher, flops_selection=selection_flops,
-        wall_s=time.perf_counter() - t_start, train_s=train_s,
+        counter, student_steps=done * per_unit * (members or 1), teacher_forwards=done * forwards,
+        teacher_backwards=done * backwards, flops_student=flops_student, flops_teacher=flops_teacher,
+        flops_selection=flops["selection"], wall_s=time.perf_counter() - t_start, train_s=train_s,
     )
-    final = state if not members else method.select(state, best[3])  # the selected member's final state
-    return FitResult(best[2], final, best[0], history, compute, tracked)
+    state = work.state()
+    final = method.model(state) if not members else method.select(method.model(state), best.member)
+    return FitResult(best, final, history, compute, tracked, state)
 
 
 def flops_budget(spec) -> float | None:

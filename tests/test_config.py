@@ -139,3 +139,65 @@ def test_a_configfile_replaces_the_default_benchmark_instead_of_merging_into_it(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(tmp_path / "results" / "smoke" / "config.yaml") as f:
         assert yaml.safe_load(f) == validate(smoke_config)
+
+
+def test_the_schema_method_types_are_the_registered_ones():
+    """The config schema's ``methods/*/type`` enum, and the types it gives options for, are the registry's."""
+    from ev3 import methods
+    from ev3.config import _schema
+
+    method = _schema()["properties"]["methods"]["additionalProperties"]
+    assert sorted(method["properties"]["type"]["enum"]) == sorted(methods.CONFIG_METHOD_TYPES)
+    with_options = {rule["if"]["properties"]["type"]["const"] for rule in method["allOf"]}
+    assert with_options == set(methods.CONFIG_METHOD_TYPES)
+
+
+def test_every_registered_method_declares_the_whole_contract():
+    """Each registered module has every member of the Method protocol (no hook is optional at the call site)."""
+    from ev3 import methods
+    from ev3.methods.contract import Method
+
+    members = {n for n in vars(Method) if not n.startswith("_")} - {"__protocol_attrs__"}
+    assert {"init", "work", "evaluate", "model", "teacher_passes", "budget_share", "summary"} <= members
+    for method_type in methods.METHOD_TYPES:
+        module = methods.get(method_type)
+        assert isinstance(module, Method), method_type
+        assert all(callable(getattr(module, n)) for n in members), method_type
+    with pytest.raises(ValueError, match="unknown method type"):
+        methods.get("fitnet")
+
+
+def test_budget_units_per_method_come_from_the_method_modules(smoke_config):
+    """``budget.student_steps`` gives each method floor(budget / its unit) units: steps, rounds or grid steps."""
+    smoke_config["budget"] = {"student_steps": 1000}
+    config = validate(smoke_config)
+    runs = {m: student_run(config, "mnist1d", "mlp64", m, 0) for m in config["methods"]}
+    ev3 = config["methods"]["ev3"]
+    k_times_l = len(ev3["losses"]) * len(ev3["optimizers"]) * ev3["steps_per_candidate"]
+    assert runs["ev3"]["options"]["iterations"] == 1000 // k_times_l
+    assert runs["ev3"]["train"]["steps"] == config["train"]["steps"]  # EV3's unit is a round, not a step
+    space = config["methods"]["kd-tuned"]["space"]
+    members = len(space["temperature"]) * len(space["alpha"]) * len(space["learning_rate"])
+    assert runs["kd-tuned"]["train"]["steps"] == 1000 // members
+    assert runs["kd"]["train"]["steps"] == 1000 and "iterations" not in runs["kd"]["options"]
+
+
+def test_path_templates_are_spelled_once():
+    """The run layout comes from ev3.paths: the config helpers agree with it and no rule spells it."""
+    from ev3 import paths
+    from ev3.config import run_dir, teacher_dir
+
+    config = {"benchmark": "b", "teacher": {"seed": 3}}
+    assert run_dir(config, "d", "s", "m", 2) == os.path.join("results", "b", "runs", "d", "s", "m", "seed2")
+    assert teacher_dir(config, "d", "t") == os.path.join("results", "b", "teacher", "d", "t", "seed3")
+    root = paths.results_root("b")
+    assert paths.state_dir(run_dir(config, "d", "s", "m", 2), root=root) == os.path.join(root, "state", "runs", "d", "s", "m", "seed2")
+    workflow = os.path.join(ROOT, "workflow")
+    sources = [os.path.join(workflow, "Snakefile")] + [
+        os.path.join(workflow, "rules", f) for f in os.listdir(os.path.join(workflow, "rules")) if f.endswith(".smk")
+    ]
+    for source in sources:
+        with open(source) as f:
+            text = f.read()
+        for literal in ("/runs/", "seed{", '"state"', "/data/", '"results'):
+            assert literal not in text, (source, literal)

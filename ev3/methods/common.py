@@ -1,9 +1,8 @@
-"""Pieces shared by the supervised methods (teacher, scratch, kd).
+"""Pieces shared by the methods, and the defaults of the optional hooks of :class:`ev3.methods.contract.Method`.
 
-A method module implements ``init(spec, data, teacher, key) -> state``, a pure ``step(state, batch, key) ->
-(state, logs)`` (the loop jits it) and ``evaluate(state, x) -> logits``. It also declares
-``TEACHER_FORWARDS_PER_STEP`` / ``TEACHER_BACKWARDS_PER_STEP`` for compute accounting. ``logs["loss"]`` is the
-scalar training loss of the step.
+A supervised method module implements ``init(spec, data, teacher, key) -> state``, a pure ``step(state, batch,
+key) -> (state, logs)`` (``logs["loss"]``: the step's scalar training loss) whose unit of work is
+``work = StepWork`` (the loop compiles the step), ``evaluate(state, x) -> logits`` and ``teacher_passes``.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from flax import struct
 
 from ev3 import models
 from ev3.optim import make_optimizer
+from ev3.train import StepWork  # noqa: F401  (the supervised methods' unit of work)
 
 
 @struct.dataclass
@@ -77,3 +77,37 @@ def loss_step(state: SupervisedState, batch, loss_fn: Callable) -> tuple[Supervi
 
 def evaluate(state: SupervisedState, x: jax.Array) -> jax.Array:
     return state.student.logits(x)
+
+
+# --- Defaults of the optional hooks (see ev3.methods.contract.Method) ------------------------------------------
+
+
+def model(state):
+    """The state itself is the model."""
+    return state
+
+
+def population_size(spec) -> None:
+    return None
+
+
+def select(model, k: int):
+    raise TypeError("select: not a population")
+
+
+def budget_share(options: dict) -> int:
+    """One student step per unit."""
+    return 1
+
+
+def with_units(options: dict, train: dict, units: int) -> tuple[dict, dict]:
+    """``units`` training steps."""
+    return options, {**train, "steps": units}
+
+
+def track(state, data, counter, teacher) -> None:
+    return None
+
+
+def summary(result) -> None:
+    return None

@@ -16,26 +16,29 @@ Each iteration, from the current student:
    identity-initialized layer (``ev3.models.growth``, function-preserving) up to ``growth.max_size``; the new
    parameters start with fresh optimizer states.
 
-EV3 is host-driven (statistical tests, architecture changes), so it runs its own loop with the shared loop's
-conventions: the budget is ``iterations`` (with a FLOPs budget: rounds until the next one would exceed it); every candidate step counts as a student step (K·L per iteration);
-evaluations on ``val``/``test`` follow ``train.eval_every`` student steps and measure the **stable** checkpoint;
-the reported model is the evaluated stable checkpoint with the best ``val`` accuracy (earliest on ties), the
-same selection rule as every other method's. FLOPs: explore = XLA cost of the
-vmapped step × L (a scan's cost analysis counts its body once); teacher forwards on the L train batches are
-teacher FLOPs; assess and decide forwards are selection FLOPs.
+One round is EV3's unit of work (:class:`Round`; host-driven: statistical tests, architecture changes) in the
+shared loop :func:`ev3.train.fit`: the budget is ``iterations`` rounds (with a FLOPs budget: rounds until the
+next one would exceed it); every candidate step counts as a student step (K·L per round); evaluations on
+``val``/``test`` follow ``train.eval_every`` student steps and measure the **stable** checkpoint
+(``model(state)``), so the reported model is the evaluated stable checkpoint with the best ``val`` accuracy.
+FLOPs: explore = XLA cost of the vmapped step × L (a scan's cost analysis counts its body once); teacher
+forwards on the L train batches are teacher FLOPs; assess and decide forwards are selection FLOPs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-import time
+from dataclasses import dataclass, field
 from functools import partial
 
 import jax
 import numpy as np
+from flax import struct
 
 from ev3 import models
-from ev3.methods.common import Student, SupervisedState, evaluate  # noqa: F401  (evaluate: the method interface)
+from ev3.methods.common import Student, select  # noqa: F401  (select: the method contract's default)
 from ev3.data.augment import augment_fn
 from ev3.models.growth import grow, size
 from ev3.protocol import assess
@@ -43,10 +46,7 @@ from ev3.protocol.adapt import adapt
 from ev3.protocol.explore import ADAM, SGD, explore, hparams, init_family
 from ev3.protocol.state import EV3State, concat, init_state
 from ev3.rng import seed_key, stream
-from ev3.train import (
-    Counter, FitResult, NonFiniteError, accuracy, compile_record, compute_counters, flops_budget, frozen_logits,
-    merge_compiles, predict, resume_store,
-)
+from ev3.train import FitResult, accuracy, flops_budget, frozen_logits, predict
 
 FAMILIES = {"adam": ADAM, "sgd": SGD}
 
@@ -109,116 +109,157 @@ def _finite(scores: dict) -> bool:
     return all(np.isfinite(np.asarray(v)).all() for v in scores.values())
 
 
-def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
-    """Run EV3 per ``spec.options``; returns the shared loop's :class:`FitResult` (stable checkpoint selected).
+def _init_opt_states(families: dict, params) -> dict:
+    return {fam: init_family(FAMILIES[fam], params, ohp) for fam, (_, _, ohp) in families.items()}
 
-    ``state_dir``: checkpoint there at evaluations every ``train.checkpoint_every`` student steps (default:
-    every evaluation) and at the end, and resume from the newest usable checkpoint. A checkpoint holds the
-    current and stable parameters, every candidate's optimizer state, both architectures' configs (a grown
-    student is rebuilt from its config), the stall count and the loop's bookkeeping (decisions, history,
-    trajectory, growth events, FLOPs, timings). Batches and assess subsets are functions of the iteration
-    number, so a resumed run ends as an uninterrupted one would."""
-    t_start = time.perf_counter()
-    o = spec.options
-    key = seed_key(spec.seed)
-    init = models.build(spec.model, data.input_shape, data.num_classes, stream(key, "student_init"))
-    arch = _Arch(dict(spec.model), init.graphdef)
-    stable_arch = arch
-    counter = Counter()
-    candidates = _candidates(o)
-    families = _family_batches(candidates)
-    objectives = _objectives(o)
-    metric_names = sorted({name for name, _, _ in objectives} | {"accuracy"})
-    L, B = o["steps_per_candidate"], spec.train["batch_size"]
-    K = len(candidates)
 
-    def init_opt_states(params):
-        return {fam: init_family(FAMILIES[fam], params, ohp) for fam, (_, _, ohp) in families.items()}
+@struct.dataclass
+class Model:
+    """An EV3 student as evaluated, selected and reported: the network (no optimizer) and its architecture
+    config as sorted JSON (static, so a grown student's structure can be rebuilt)."""
 
-    state = init_state(_variables(init), init_opt_states(_variables(init)))
-    x_train, y_train = data.splits["train"]
-    x_meta, y_meta = data.splits["meta"]
-    half = x_meta.shape[0] // 2  # meta is stratified and shuffled per class: first half assesses, rest decides
-    x_assess, y_assess, x_decide, y_decide = x_meta[:half], y_meta[:half], x_meta[half:], y_meta[half:]
-    n_assess = min(o["assess_samples"], half)
+    student: Student
+    arch: str = struct.field(pytree_node=False, default="{}")
+
+
+def _model(a: _Arch, v) -> Model:
+    return Model(Student(a.graphdef, None, v["params"], v["rest"], None), json.dumps(a.config, sort_keys=True))
+
+
+@dataclass
+class EV3Run:
+    """EV3's method state (host-side). ``protocol``: current and stable parameters, every candidate's optimizer
+    state, stall count; ``arch`` / ``stable_arch``: the current and stable architectures; ``decisions`` and
+    ``growth_events`` so far; ``last_losses``: the last round's candidate training losses (K,); ``rounds``: rounds
+    done."""
+
+    protocol: EV3State
+    arch: _Arch
+    stable_arch: _Arch
+    candidates: list
+    objectives: list
+    decisions: list = field(default_factory=list)
+    growth_events: list = field(default_factory=list)
+    last_losses: np.ndarray | None = None
+    rounds: int = 0
+
+
+def init(spec, data, teacher, key) -> EV3Run:
+    net = models.build(spec.model, data.input_shape, data.num_classes, key)
+    candidates = _candidates(spec.options)
+    params = _variables(net)
+    arch = _Arch(dict(spec.model), net.graphdef)
+    protocol = init_state(params, _init_opt_states(_family_batches(candidates), params))
+    return EV3Run(protocol, arch, arch, candidates, _objectives(spec.options))
+
+
+def evaluate(model: Model, x):
+    return model.student.logits(x)
+
+
+def model(state: EV3Run) -> Model:
+    """The stable checkpoint: what EV3 evaluates and reports."""
+    return _model(state.stable_arch, state.protocol.stable_params)
+
+
+def population_size(spec) -> None:
+    return None
+
+
+def teacher_passes(spec) -> tuple[int, int]:
+    """Teacher forwards per round: one per candidate step batch (L); no backward."""
+    return spec.options["steps_per_candidate"], 0
+
+
+def budget_share(options: dict) -> int:
+    """Student steps of one round: K·L (every candidate's steps)."""
+    return len(options["losses"]) * len(options["optimizers"]) * options["steps_per_candidate"]
+
+
+def with_units(options: dict, train: dict, units: int) -> tuple[dict, dict]:
+    """``units`` rounds."""
+    return {**options, "iterations": units}, train
+
+
+def track(state: EV3Run, data, counter, teacher) -> dict:
+    """The round evaluated and the current model's ``val`` accuracy (reporting; not selection FLOPs)."""
     x_val, y_val = data.splits["val"]
-    x_test, y_test = data.splits["test"]
-    teacher_decide, _ = predict(counter, frozen_logits, teacher, x_decide)
-    teacher_assess_all, _ = predict(counter, frozen_logits, teacher, x_assess)
+    logits, _ = predict(counter, evaluate, _model(state.arch, state.protocol.params), x_val)
+    return {"iteration": state.rounds - 1, "current_val_accuracy": accuracy(logits, y_val)}
 
-    flops = {"student": 0.0, "teacher": 0.0, "selection": 0.0}
-    history, trajectory, decisions, growth_events = [], [], [], []
-    order_key, assess_key = stream(key, "batch_order"), stream(key, "assess")
-    student_steps, next_eval, train_s = 0, spec.train["eval_every"], 0.0
-    last_losses = None
-    start, store, resumed = 0, None, {}
-    best = None  # (val accuracy, _Arch, stable params) of the selected evaluation
-    if state_dir is not None:
-        checkpoint_every = spec.train.get("checkpoint_every", spec.train["eval_every"])
-        store = resume_store(spec, teacher, state_dir, log)
-        built: dict = {}
 
-        def arch_like(config):
-            """An :class:`_Arch` and a parameter pytree shaped like ``config``'s model (one per config)."""
-            name = _arch_name(config)
-            if name not in built:
-                net = models.build(config, data.input_shape, data.num_classes, jax.random.key(0))
-                built[name] = (_Arch(config, net.graphdef), _variables(net))
-            return built[name]
+def work(ctx) -> "Round":
+    return Round(ctx)
 
-        def likes(meta):
-            params = arch_like(meta["arch"])[1]
-            return {"params": params, "opt_states": init_opt_states(params), "stable_params": arch_like(meta["stable_arch"])[1],
-                    "best_params": arch_like(meta["best_arch"])[1]}
 
-        restored = store.restore(likes)
-        if restored is not None:
-            student_steps, trees, resumed = restored
-            arch, stable_arch = arch_like(resumed["arch"])[0], arch_like(resumed["stable_arch"])[0]
-            state = EV3State(trees["params"], trees["opt_states"], trees["stable_params"], resumed["state_iteration"], resumed["stall_count"])
-            start, next_eval, train_s = resumed["iteration"], resumed["next_eval"], resumed["train_s"]
-            flops, history, trajectory = resumed["flops"], resumed["history"], resumed["trajectory"]
-            decisions, growth_events = resumed["decisions"], resumed["growth_events"]
-            best = (resumed["best_val_accuracy"], arch_like(resumed["best_arch"])[0], trees["best_params"])
-            last_losses = np.array([np.nan if x is None else x for x in resumed["last_losses"]])
-            t_start -= resumed["wall_s"]
-            log(f"[{spec.method} seed{spec.seed}] resumed from step {student_steps} ({state_dir})")
-    last_checkpoint = student_steps
+class Round:
+    """EV3's unit of work: one explore → assess → decide → grow round (see the module docstring).
 
-    def score(a: _Arch, params, x, y, t, batched):
-        fn = a.fn(f"score{batched}", lambda: partial(assess._score, a.apply, metrics=tuple(assess.METRICS[m] for m in metric_names), batched=batched))
-        compiled, f = counter.compile(f"score{batched}", fn, params, x, y, t)
-        flops["selection"] += f
+    A checkpoint holds the current and stable parameters, every candidate's optimizer state, both
+    architectures' configs (a grown student is rebuilt from its config), the stall count, decisions, growth
+    events and the last round's losses. Batches and assess subsets are functions of the round number, so a
+    resumed run ends as an uninterrupted one would. EV3 runs on one device (no data parallelism)."""
+
+    def __init__(self, ctx):
+        ctx.dp = None
+        self.ctx = ctx
+        spec, data, teacher, counter = ctx.spec, ctx.data, ctx.teacher, ctx.counter
+        self.o = o = spec.options
+        self.families = _family_batches(_candidates(o))
+        self.metric_names = sorted({name for name, _, _ in _objectives(o)} | {"accuracy"})
+        self.L, B = L, B = o["steps_per_candidate"], spec.train["batch_size"]
+        self.K = len(_candidates(o))
+        self.units = o["iterations"] if flops_budget(spec) is None else None
+        self.steps_per_unit = self.K * L
+        x_train, y_train = data.splits["train"]
+        x_meta, y_meta = data.splits["meta"]
+        half = x_meta.shape[0] // 2  # meta is stratified and shuffled per class: first half assesses, rest decides
+        x_assess, y_assess = x_meta[:half], y_meta[:half]
+        self.decide = (x_meta[half:], y_meta[half:])
+        n_assess = min(o["assess_samples"], half)
+        self.teacher_decide, _ = predict(counter, frozen_logits, teacher, self.decide[0])
+        teacher_assess_all, _ = predict(counter, frozen_logits, teacher, x_assess)
+        key = seed_key(spec.seed)
+        self.order_key, self.assess_key = stream(key, "batch_order"), stream(key, "assess")
+        augment = augment_fn(spec.train.get("augment"))
+        self.built: dict = {}
+
+        def draw(teacher, order_key, assess_key, it):  # keys are arguments: other seeds reuse the compiled kernel
+            """This round's L train batches (augmented with ``train.augment``) with their teacher logits, and a
+            fresh subset of the assess half."""
+            idx = jax.random.randint(jax.random.fold_in(order_key, it), (L * B,), 0, x_train.shape[0])
+            xb, yb = x_train[idx], y_train[idx]
+            if augment is not None:
+                xb = augment(stream(jax.random.fold_in(order_key, it), "augment"), xb)
+            a_idx = jax.random.choice(jax.random.fold_in(assess_key, it), half, (n_assess,), replace=False)
+            return (xb.reshape(L, B, *xb.shape[1:]), yb.reshape(L, B), teacher(xb).reshape(L, B, -1),
+                    x_assess[a_idx], y_assess[a_idx], teacher_assess_all[a_idx])
+
+        self.draw = draw
+
+    def load(self, state: EV3Run, units_done: int) -> None:
+        self.run = state
+
+    def state(self) -> EV3Run:
+        return self.run
+
+    def _score(self, a: _Arch, params, x, y, t, batched):
+        metrics = tuple(assess.METRICS[m] for m in self.metric_names)
+        fn = a.fn(f"score{batched}", lambda: partial(assess._score, a.apply, metrics=metrics, batched=batched))
+        compiled, f = self.ctx.counter.compile(f"score{batched}", fn, params, x, y, t)
+        self.ctx.flops["selection"] += f
         return {k: np.asarray(v) for k, v in compiled(params, x, y, t).items()}
 
-    def eval_logits(a: _Arch, params, x):
-        logits, f = predict(counter, a.fn("evaluate", lambda: lambda p, x: a.apply(p, x)), params, x)
-        return logits, f
-
-    augment = augment_fn(spec.train.get("augment"))
-
-    def draw(teacher, order_key, assess_key, it):  # keys are arguments: other seeds reuse the compiled kernel
-        """This round's L train batches (augmented with ``train.augment``) with their teacher logits, and a
-        fresh subset of the assess half."""
-        idx = jax.random.randint(jax.random.fold_in(order_key, it), (L * B,), 0, x_train.shape[0])
-        xb, yb = x_train[idx], y_train[idx]
-        if augment is not None:
-            xb = augment(stream(jax.random.fold_in(order_key, it), "augment"), xb)
-        a_idx = jax.random.choice(jax.random.fold_in(assess_key, it), half, (n_assess,), replace=False)
-        return (xb.reshape(L, B, *xb.shape[1:]), yb.reshape(L, B), teacher(xb).reshape(L, B, -1),
-                x_assess[a_idx], y_assess[a_idx], teacher_assess_all[a_idx])
-
-    budget = flops_budget(spec)
-    for it in range(start, o["iterations"] if budget is None else 2**31 - 1):
-        t_iter = time.perf_counter()
-        trained_before = flops["student"] + flops["teacher"]
-        draw_args = (teacher, order_key, assess_key, np.int32(it))
-        draw_c, f_t = counter.compile("draw", draw, *draw_args)
+    def advance(self, it: int) -> None:
+        ctx, o, run, flops, L, K = self.ctx, self.o, self.run, self.ctx.flops, self.L, self.K
+        state, arch, stable_arch, counter = run.protocol, run.arch, run.stable_arch, ctx.counter
+        draw_args = (ctx.teacher, self.order_key, self.assess_key, np.int32(it))
+        draw_c, f_t = counter.compile("draw", self.draw, *draw_args)
         xb, yb, teacher_logits, xa, ya, ta = draw_c(*draw_args)
         flops["teacher"] += f_t
 
         family_params, new_opt_states, losses = [], {}, np.zeros(K)
-        for fam, (ids, lhp, ohp) in families.items():  # candidate ids are contiguous per family, in order
+        for fam, (ids, lhp, ohp) in self.families.items():  # candidate ids are contiguous per family, in order
             fn = arch.fn(f"explore_{fam}", lambda fam=fam: partial(explore, arch.train_apply, FAMILIES[fam]))
             args = (state.params, state.opt_states[fam], lhp, ohp, (xb, yb), teacher_logits)
             compiled, f = counter.compile(f"explore_{fam}", fn, *args)
@@ -229,20 +270,20 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
             family_params.append(params_f)
         batched = concat(family_params) if len(family_params) > 1 else family_params[0]
         state = state._replace(opt_states=new_opt_states)
-        student_steps += K * L
-        last_losses = losses
+        student_steps = (it + 1) * K * L
 
-        assess_scores = score(arch, batched, xa, ya, ta, True)
-        decide_scores = score(arch, batched, x_decide, y_decide, teacher_decide, True)
-        current_scores = score(arch, state.params, x_decide, y_decide, teacher_decide, False)
-        stable_scores = score(stable_arch, state.stable_params, x_decide, y_decide, teacher_decide, False)
+        x_decide, y_decide = self.decide
+        assess_scores = self._score(arch, batched, xa, ya, ta, True)
+        decide_scores = self._score(arch, batched, x_decide, y_decide, self.teacher_decide, True)
+        current_scores = self._score(arch, state.params, x_decide, y_decide, self.teacher_decide, False)
+        stable_scores = self._score(stable_arch, state.stable_params, x_decide, y_decide, self.teacher_decide, False)
         state, decision = adapt(
             state, batched, decide_scores, current_scores, stable_scores,
-            objectives=objectives, confidence=o["confidence"], alpha=o["lcb_alpha"], gate=o["gate"],
+            objectives=run.objectives, confidence=o["confidence"], alpha=o["lcb_alpha"], gate=o["gate"],
             assess_scores=assess_scores,
         )
         picked = decision["candidate"]
-        fam, loss_hp, opt_hp = candidates[picked]
+        fam, loss_hp, opt_hp = run.candidates[picked]
         decision["nonfinite_candidates"] = [int(i) for i in np.flatnonzero(~np.isfinite(losses))]  # never picked
         if not o["gate"]:
             state = state._replace(stable_params=state.params)
@@ -250,94 +291,72 @@ def fit(spec, data, teacher, *, log=print, state_dir=None) -> FitResult:
         if decision["stable_moved"]:
             stable_arch = arch
         decision.update(family=fam, loss=loss_hp, optimizer=opt_hp, student_steps=student_steps, train_loss=float(losses[picked]))
-        decisions.append(decision)
+        decisions, growth_events = run.decisions + [decision], run.growth_events
 
         if o["growth"] and state.stall_count >= o["growth"]["patience"] and size(arch.config) < o["growth"]["max_size"]:
             before, old_config = models.param_count(state.params["params"]), arch.config
             current = models.Network(arch.graphdef, state.params["params"], state.params["rest"])
-            new_config, grown = grow(arch.config, current, data.input_shape, data.num_classes)
+            new_config, grown = grow(arch.config, current, ctx.data.input_shape, ctx.data.num_classes)
             arch = _Arch(new_config, grown.graphdef)
-            state = state._replace(params=_variables(grown), opt_states=init_opt_states(_variables(grown)), stall_count=0)
-            growth_events.append({"iteration": it, "student_steps": student_steps, "from_arch": _arch_name(old_config),
-                                  "to_arch": _arch_name(new_config), "params_before": before, "params": models.param_count(grown.params)})
-            log(f"[{spec.method} seed{spec.seed}] iteration {it}: grew to {growth_events[-1]['to_arch']}")
-        train_s += time.perf_counter() - t_iter
+            grown_params = _variables(grown)
+            state = state._replace(params=grown_params, opt_states=_init_opt_states(self.families, grown_params), stall_count=0)
+            growth_events = growth_events + [{
+                "iteration": it, "student_steps": student_steps, "from_arch": _arch_name(old_config),
+                "to_arch": _arch_name(new_config), "params_before": before, "params": models.param_count(grown.params)}]
+            ctx.log(f"[{ctx.spec.method} seed{ctx.spec.seed}] iteration {it}: grew to {growth_events[-1]['to_arch']}")
+        self.run = dataclasses.replace(run, protocol=state, arch=arch, stable_arch=stable_arch, decisions=decisions,
+                                       growth_events=growth_events, last_losses=losses, rounds=it + 1)
 
-        trained = flops["student"] + flops["teacher"]
-        if budget is None:
-            done = it + 1 == o["iterations"]
-        else:  # stop before a round that would exceed the budget (a round costs about what this one did)
-            if it == 0 and trained > budget:
-                raise ValueError(f"budget/flops: {budget:.3g} is less than one round of {spec.method} ({trained:.3g} FLOPs)")
-            done = trained + (trained - trained_before) > budget
-        if student_steps >= next_eval or done:
-            # Diverged candidates are only rejected; a non-finite current or stable model stops the run.
-            if not _finite(dict(enumerate(jax.tree.leaves((state.params, state.stable_params))))):
-                raise NonFiniteError(f"{spec.method}: non-finite current or stable model at step {student_steps}")
-            val_logits, f = eval_logits(stable_arch, state.stable_params, x_val)
-            flops["selection"] += f
-            test_logits, _ = eval_logits(stable_arch, state.stable_params, x_test)
-            cur_val, _ = eval_logits(arch, state.params, x_val)
-            total = sum(flops.values())
-            history.append({"student_steps": student_steps, "flops": total, "wall_s": time.perf_counter() - t_start,
-                            "train_loss": _min_finite(losses), "val_accuracy": accuracy(val_logits, y_val),
-                            "test_accuracy": accuracy(test_logits, y_test)})
-            if best is None or history[-1]["val_accuracy"] > best[0]:
-                best = (history[-1]["val_accuracy"], stable_arch, state.stable_params)
-            trajectory.append({"iteration": it, "student_steps": student_steps, "flops": total,
-                               "stable_val_accuracy": history[-1]["val_accuracy"], "current_val_accuracy": accuracy(cur_val, y_val),
-                               "stable_test_accuracy": history[-1]["test_accuracy"]})
-            log(f"[{spec.method} seed{spec.seed}] iteration {it + 1}/{o['iterations']} steps {student_steps} "
-                f"stable val {history[-1]['val_accuracy']:.4f} current val {trajectory[-1]['current_val_accuracy']:.4f}")
-            while next_eval <= student_steps:
-                next_eval += spec.train["eval_every"]
-            if store is not None and (student_steps // checkpoint_every > last_checkpoint // checkpoint_every or done):
-                meta = {
-                    "iteration": it + 1, "state_iteration": state.iteration, "stall_count": state.stall_count,
-                    "arch": arch.config, "stable_arch": stable_arch.config, "next_eval": next_eval,
-                    "best_arch": best[1].config, "best_val_accuracy": best[0],
-                    "train_s": train_s, "wall_s": time.perf_counter() - t_start, "flops": flops,
-                    "history": history, "trajectory": trajectory, "decisions": _json_safe(decisions),
-                    "growth_events": growth_events, "last_losses": _json_safe(list(last_losses)),
-                    **compile_record(counter, resumed),
-                }
-                trees = {"params": state.params, "opt_states": state.opt_states, "stable_params": state.stable_params,
-                         "best_params": best[2]}
-                store.save(student_steps, trees, meta)
-                last_checkpoint = student_steps
-        if done:
-            break
-    if store is not None:
-        store.close()
-    merge_compiles(counter, resumed)  # compiles counted by name, as across a resume
+    def train_loss(self) -> float | None:
+        return _min_finite(self.run.last_losses)
 
-    def as_state(a: _Arch, v):
-        return SupervisedState(Student(a.graphdef, None, v["params"], v["rest"], None), None, {})
+    def nonfinite(self, train_loss) -> str | None:
+        """Diverged candidates are only rejected; a non-finite current or stable model stops the run."""
+        p = self.run.protocol
+        return None if _finite(dict(enumerate(jax.tree.leaves((p.params, p.stable_params))))) else "current or stable model"
 
-    accepted = sum(d["accepted"] for d in decisions)
-    compute = compute_counters(
-        counter, student_steps=student_steps, teacher_forwards=len(decisions) * L, teacher_backwards=0,
-        flops_student=flops["student"], flops_teacher=flops["teacher"], flops_selection=flops["selection"],
-        wall_s=time.perf_counter() - t_start, train_s=train_s,
-    )
-    summary = {
-        "candidates": [{"family": f, "loss": l, "optimizer": h} for f, l, h in candidates],
-        "objectives": [{"metric": n, "higher_is_better": h, "margin": m} for n, h, m in objectives],
-        "iterations": len(decisions),
-        "accepted": accepted,
-        "rejected": len(decisions) - accepted,
-        "stable_moves": sum(d["stable_moved"] for d in decisions),
-        "decisions": decisions,
-        "growth_events": growth_events,
-        "final_arch": stable_arch.config,
-        "final_params": models.param_count(state.stable_params["params"]),
-        "selected_arch": best[1].config,
-        "selected_params": models.param_count(best[2]["params"]),
-        "current_arch": arch.config,
-        "trajectory": trajectory,
-        "mean_candidate_losses_last": [float(x) for x in last_losses],
-    }
-    return FitResult(as_state(best[1], best[2]), as_state(stable_arch, state.stable_params), best[0], history, compute, [summary])
+    def training_flops(self, units: int) -> tuple[float, float, float]:
+        f = self.ctx.flops  # accumulated round by round (a grown student's rounds cost more)
+        return f["student"], f["teacher"], f["student"] + f["teacher"]
+
+    def progress(self, units: int) -> str:
+        return f"iteration {units}/{self.o['iterations']} steps {units * self.steps_per_unit}"
+
+    def checkpoint(self) -> tuple[dict, dict]:
+        run, p = self.run, self.run.protocol
+        trees = {"params": p.params, "opt_states": p.opt_states, "stable_params": p.stable_params}
+        meta = {"state_iteration": p.iteration, "stall_count": p.stall_count, "arch": run.arch.config,
+                "stable_arch": run.stable_arch.config, "decisions": _json_safe(run.decisions),
+                "growth_events": run.growth_events, "last_losses": _json_safe(list(run.last_losses))}
+        return trees, meta
+
+    def _arch_like(self, config: dict):
+        """An :class:`_Arch` and a parameter pytree shaped like ``config``'s model (one per config)."""
+        name = _arch_name(config)
+        if name not in self.built:
+            net = models.build(config, self.ctx.data.input_shape, self.ctx.data.num_classes, jax.random.key(0))
+            self.built[name] = (_Arch(config, net.graphdef), _variables(net))
+        return self.built[name]
+
+    def likes(self, meta: dict) -> dict:
+        params = self._arch_like(meta["arch"])[1]
+        return {"params": params, "opt_states": _init_opt_states(self.families, params),
+                "stable_params": self._arch_like(meta["stable_arch"])[1]}
+
+    def restore(self, trees: dict, meta: dict, units_done: int) -> None:
+        protocol = EV3State(trees["params"], trees["opt_states"], trees["stable_params"], meta["state_iteration"], meta["stall_count"])
+        self.run = dataclasses.replace(
+            self.run, protocol=protocol, arch=self._arch_like(meta["arch"])[0],
+            stable_arch=self._arch_like(meta["stable_arch"])[0], decisions=meta["decisions"],
+            growth_events=meta["growth_events"], rounds=units_done,
+            last_losses=np.array([np.nan if x is None else x for x in meta["last_losses"]]),
+        )
+
+    def model_meta(self, model: Model) -> dict:
+        return {"arch": json.loads(model.arch)}
+
+    def model_like(self, meta: dict) -> Model:
+        return _model(*self._arch_like(meta["arch"]))
 
 
 def _min_finite(losses: np.ndarray) -> float | None:
@@ -365,5 +384,30 @@ def _json_safe(obj):
 
 
 def summary(result: FitResult) -> dict:
-    """The ``ev3`` object of metrics.json (non-finite statistics are null)."""
-    return _json_safe(result.tracked[0])
+    """The ``ev3`` object of metrics.json (non-finite statistics are null): candidates, objectives, decisions,
+    growth, architectures and the trajectory of the evaluations (stable and current model)."""
+    run, selected = result.state, result.selected_state
+    trajectory = [
+        {"iteration": t["iteration"], "student_steps": t["student_steps"], "flops": h["flops"],
+         "stable_val_accuracy": h["val_accuracy"], "current_val_accuracy": t["current_val_accuracy"],
+         "stable_test_accuracy": h["test_accuracy"]}
+        for t, h in zip(result.tracked, result.history)
+    ]
+    accepted = sum(d["accepted"] for d in run.decisions)
+    return _json_safe({
+        "candidates": [{"family": f, "loss": l, "optimizer": h} for f, l, h in run.candidates],
+        "objectives": [{"metric": n, "higher_is_better": h, "margin": m} for n, h, m in run.objectives],
+        "iterations": len(run.decisions),
+        "accepted": accepted,
+        "rejected": len(run.decisions) - accepted,
+        "stable_moves": sum(d["stable_moved"] for d in run.decisions),
+        "decisions": run.decisions,
+        "growth_events": run.growth_events,
+        "final_arch": run.stable_arch.config,
+        "final_params": models.param_count(run.protocol.stable_params["params"]),
+        "selected_arch": json.loads(selected.arch),
+        "selected_params": models.param_count(selected.student.params),
+        "current_arch": run.arch.config,
+        "trajectory": trajectory,
+        "mean_candidate_losses_last": [float(x) for x in run.last_losses],
+    })

@@ -29,13 +29,18 @@ from flax import struct
 
 from ev3 import models
 from ev3.losses import hinton_loss
-from ev3.methods.common import Frozen, Student, SupervisedState, init_student, loss_step
+from ev3.methods.common import (  # noqa: F401  (work and the default hooks: the method contract)
+    Frozen, StepWork as work, Student, SupervisedState, budget_share, init_student, loss_step, model,
+    population_size, select, with_units,
+)
 from ev3.methods.metadistil_math import meta_gradient  # noqa: F401  (public: ev3.methods.metadistil.meta_gradient)
 from ev3.rng import stream
 from ev3.train import accuracy, frozen_logits, predict
 
-TEACHER_FORWARDS_PER_STEP = 2
-TEACHER_BACKWARDS_PER_STEP = 1
+
+def teacher_passes(spec) -> tuple[int, int]:
+    """Teacher forwards and backwards per round: pilot and real step forwards, the meta-gradient's backward."""
+    return 2, 1
 
 
 @struct.dataclass

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from ev3.losses import cross_entropy
-from ev3.methods.common import SupervisedState, evaluate, init_student, loss_step  # noqa: F401
+from ev3.methods.common import (  # noqa: F401  (evaluate, work and the default hooks: the method contract)
+    StepWork as work, SupervisedState, budget_share, evaluate, init_student, loss_step, model, population_size,
+    select, summary, track, with_units,
+)
 
-TEACHER_FORWARDS_PER_STEP = 0
-TEACHER_BACKWARDS_PER_STEP = 0
+
+def teacher_passes(spec) -> tuple[int, int]:
+    """Teacher forwards and backwards per step."""
+    return 0, 0
 
 
 def init(spec, data, teacher, key) -> SupervisedState:

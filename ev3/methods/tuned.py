@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from typing import Any
 
 import jax
@@ -30,7 +31,9 @@ import optax
 from flax import struct
 
 from ev3 import methods
-from ev3.methods.common import Student
+from ev3.methods.common import (  # noqa: F401  (the method contract's default hooks)
+    StepWork as work, Student, model, track, with_units,
+)
 from ev3.optim import make_optimizer
 from ev3.protocol.state import stack
 
@@ -47,8 +50,12 @@ def population_size(spec) -> int:
 
 def teacher_passes(spec) -> tuple[int, int]:
     """Teacher forwards and backwards per step: the base method's (shared by the members)."""
-    base = methods.get(spec.options["base"])
-    return base.TEACHER_FORWARDS_PER_STEP, base.TEACHER_BACKWARDS_PER_STEP
+    return methods.get(spec.options["base"]).teacher_passes(spec)
+
+
+def budget_share(options: dict) -> int:
+    """Student steps of one step of the population: one per member."""
+    return math.prod(len(v) for v in options["space"].values())
 
 
 @struct.dataclass

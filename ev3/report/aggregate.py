@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from ev3 import io
+from ev3 import paths as run_paths
 from ev3.report import compute, figures, fmt, significance
 from ev3.stats import mean_ci
 
@@ -60,8 +61,10 @@ def collect(root: str) -> tuple[pd.DataFrame, list[dict]]:
 
     Teacher metrics are schema-checked too (a broken teacher run is refused) but not tabulated.
     """
-    paths = sorted(glob.glob(os.path.join(root, "runs", "*", "*", "*", "seed*", "metrics.json")))
-    for path in sorted(glob.glob(os.path.join(root, "teacher", "*", "*", "seed*", "metrics.json"))):
+    runs_glob = run_paths.run_dir("*", "*", "*", "*", root=root)
+    teachers_glob = run_paths.teacher_dir("*", "*", "*", root=root)
+    paths = sorted(glob.glob(os.path.join(runs_glob, "metrics.json")))
+    for path in sorted(glob.glob(os.path.join(teachers_glob, "metrics.json"))):
         load_metrics(path)
     if not paths:
         raise ValueError(f"no run metrics under {root}/runs")

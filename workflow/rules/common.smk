@@ -1,15 +1,13 @@
 # Path helpers only: which runs exist and where their files live.
 import os
 
+from ev3 import paths
 from ev3.config import dataset_dir, student_run, student_runs, teacher_dir, teacher_models, teacher_of, teacher_run
 from ev3.data import EMBEDDED, TFDS_IMAGES
 
 
 def student_metrics(wildcards=None):
-    return [
-        f"{R}/runs/{r['dataset']}/{r['student']}/{r['method']}/seed{r['seed']}/metrics.json"
-        for r in student_runs(cfg)
-    ]
+    return [os.path.join(paths.run_dir(**r, root=R), "metrics.json") for r in student_runs(cfg)]
 
 
 def teacher_checkpoint_of(wildcards):
@@ -23,14 +21,15 @@ def teacher_metrics(wildcards=None):
 
 # JAX's persistent compilation cache, shared by the training jobs: seeds and methods with the same shapes and
 # code load each other's compiled kernels. Not an output; deleting it only costs compile time.
-COMPILE_CACHE = f"{R}/compile_cache"
+COMPILE_CACHE = paths.compile_cache(root=R)
+# A run's directory with its wildcards (student runs; teacher runs of the config's teacher seed).
+RUN = paths.run_dir("{dataset}", "{student}", "{method}", "{seed}", root=R)
+TEACHER = paths.teacher_dir("{dataset}", "{teacher}", cfg["teacher"]["seed"], root=R)
 
 
 def state_dir(run_dir, wildcards):
-    """Resume state of a training run: results/<benchmark>/state/<run path relative to results/<benchmark>>.
-    Not a declared output, so it survives an interrupted job (the rerun resumes from it); the job removes it
-    once its outputs are complete."""
-    return os.path.join(R, "state", os.path.relpath(run_dir, R)).format(**wildcards)
+    """Resume state of the run ``run_dir`` (a template with wildcards): ``ev3.paths.state_dir``."""
+    return paths.state_dir(run_dir.format(**wildcards), root=R)
 
 
 wildcard_constraints:

@@ -3,7 +3,7 @@
 # with the command to prepare them (never a download).
 rule prepare_data:
     output:
-        directory(f"{R}/data/{{dataset}}"),
+        directory(paths.data_dir("{dataset}", root=R)),
     wildcard_constraints:
         dataset="|".join(EMBEDDED),
     log:
@@ -16,7 +16,7 @@ rule prepare_data:
 
 rule check_data:
     output:
-        directory(f"{R}/data/{{dataset}}"),
+        directory(paths.data_dir("{dataset}", root=R)),
     wildcard_constraints:
         dataset="|".join(TFDS_IMAGES),
     params:

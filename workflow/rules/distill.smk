@@ -1,13 +1,10 @@
-RUN = f"{R}/runs/{{dataset}}/{{student}}/{{method}}/seed{{seed}}"
-
-
 rule student_run_config:
     output:
         f"{RUN}/run.json",
     params:
         run=lambda wc: student_run(cfg, wc.dataset, wc.student, wc.method, int(wc.seed)),
     log:
-        f"{R}/logs/run_config/runs/{{dataset}}/{{student}}/{{method}}/seed{{seed}}.log",
+        f"{R}/logs/run_config/{os.path.relpath(RUN, R)}.log",
     localrule: True
     run:
         from ev3.io import write_json
@@ -18,7 +15,7 @@ rule student_run_config:
 rule train_student:
     input:
         run=f"{RUN}/run.json",
-        data=f"{R}/data/{{dataset}}",
+        data=paths.data_dir("{dataset}", root=R),
         teacher=teacher_checkpoint_of,
     output:
         metrics=f"{RUN}/metrics.json",
@@ -26,7 +23,7 @@ rule train_student:
     params:
         state=lambda wc: state_dir(RUN, wc),
     log:
-        f"{R}/logs/runs/{{dataset}}/{{student}}/{{method}}/seed{{seed}}.log",
+        f"{R}/logs/{os.path.relpath(RUN, R)}.log",
     threads: cfg["threads"]
     resources:
         **GPU,

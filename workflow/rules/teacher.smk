@@ -1,6 +1,3 @@
-TEACHER = f"{R}/teacher/{{dataset}}/{{teacher}}/seed{cfg['teacher']['seed']}"
-
-
 rule teacher_run_config:
     output:
         f"{TEACHER}/run.json",
@@ -19,7 +16,7 @@ rule teacher_run_config:
 rule train_teacher:
     input:
         run=f"{TEACHER}/run.json",
-        data=f"{R}/data/{{dataset}}",
+        data=paths.data_dir("{dataset}", root=R),
     output:
         metrics=f"{TEACHER}/metrics.json",
         predictions=f"{TEACHER}/predictions.npz",
