@@ -58,7 +58,9 @@ def claim_gpu(spec, lock_root: str | None, timeout_s: float):
     before JAX is imported. Returns the claim (held until the process ends) or None where claiming is off."""
     from ev3 import devices
 
-    root = lock_root or os.path.join("results", spec.benchmark, "state", "gpu-locks")
+    from ev3 import paths
+
+    root = lock_root or paths.gpu_locks(root=paths.results_root(spec.benchmark))
     return devices.claim_for_job(spec.device, spec.gpus, root, timeout_s=timeout_s,
                                  log=lambda line: print(line, flush=True))
 

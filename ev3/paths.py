@@ -15,6 +15,7 @@ TEACHER = os.path.join("teacher", "{dataset}", "{teacher}", "seed{seed}")  # R/�
 RUN = os.path.join("runs", "{dataset}", "{student}", "{method}", "seed{seed}")  # R/…: a student run
 STATE = os.path.join("state", "{run}")  # R/…: a run's resume state; {run}: the run's path relative to R
 COMPILE_CACHE = "compile_cache"  # R/…: JAX's persistent compilation cache, shared by the training jobs
+GPU_LOCKS = os.path.join("state", "gpu-locks")  # R/…: one lock file per GPU of a machine (ev3.devices)
 
 
 def results_root(benchmark: str) -> str:
@@ -41,3 +42,7 @@ def state_dir(run_dir: str, *, root: str) -> str:
 
 def compile_cache(*, root: str) -> str:
     return os.path.join(root, COMPILE_CACHE)
+
+
+def gpu_locks(*, root: str) -> str:
+    return os.path.join(root, GPU_LOCKS)

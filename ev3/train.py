@@ -171,11 +171,12 @@ def compute_counters(counter: Counter, *, student_steps: int, teacher_forwards: 
 
 
 def resume_store(spec, teacher, state_dir: str, log):
-    """The run's :class:`ev3.checkpoint.ResumeStore`; its identity is the spec (minus the checkpoint cadence)
-    and the teacher's parameters."""
+    """The run's :class:`ev3.checkpoint.ResumeStore`; its identity is the spec (minus the checkpoint cadence and
+    the machine's ``device``/``gpus``, which do not change what a run computes) and the teacher's parameters."""
     from ev3.checkpoint import ResumeStore, fingerprint
 
-    identity = {**vars(spec), "train": {k: v for k, v in spec.train.items() if k != "checkpoint_every"}}
+    identity = {k: v for k, v in vars(spec).items() if k not in ("device", "gpus")}
+    identity["train"] = {k: v for k, v in spec.train.items() if k != "checkpoint_every"}
     return ResumeStore(state_dir, fingerprint(identity, teacher), log=log)
 
 
