@@ -7,7 +7,6 @@ import pytest
 from flax import nnx
 
 from ev3 import models
-from ev3.config import ConfigError, validate
 from ev3.models.growth import (
     GROWTH_OPERATORS,
     deepen_cnn,
@@ -260,28 +259,3 @@ def test_stage_blocks_and_the_blocks_key():
                  ({**RESNET8, "extra_blocks": 1}, {"type": "resnet", "blocks": [1, 1, 2]})]:
         na, nb = (models.build(c, IMAGE, CLASSES, jax.random.key(0)) for c in (a, b))
         assert jax.tree.all(jax.tree.map(jnp.array_equal, na.params, nb.params))
-
-
-MODEL_SCHEMA_CASES = [
-    ({"type": "mlp", "widths": [13, 7]}, True),
-    ({"type": "mlp", "widths": [13], "width": 6}, False),
-    ({"type": "mlp", "widths": [13], "depth": 1}, False),
-    ({"type": "mlp", "widths": []}, False),
-    ({"type": "mlp", "width": 6}, False),
-    ({"type": "resnet", "blocks": [1, 2, 1]}, True),
-    ({"type": "resnet", "depth": 14, "blocks": [2, 2, 2], "extra_blocks": 1}, True),
-    ({"type": "wrn", "blocks": [2, 1, 1], "widen": 2}, True),
-    ({"type": "resnet", "blocks": [1, 2]}, False),
-    ({"type": "resnet", "blocks": [0, 1, 1]}, False),
-    ({"type": "resnet", "width": 4}, False),
-]
-
-
-@pytest.mark.parametrize("model, valid", MODEL_SCHEMA_CASES)
-def test_the_schema_takes_per_layer_widths_and_per_stage_blocks(smoke_config, model, valid):
-    smoke_config["models"]["extra"] = model
-    if valid:
-        validate(smoke_config)
-    else:
-        with pytest.raises(ConfigError, match="models/extra"):
-            validate(smoke_config)

@@ -80,6 +80,18 @@ SCHEMA_CASES = [
     ({"type": "resnet", "depth": 20, "widen": 2}, False),
     ({"type": "wrn", "depth": 16, "extra_blocks": -1}, False),
     ({"type": "cnn", "channels": [4], "kernel_size": 3, "stride": 1, "dtype": "float16"}, False),
+    # per-layer MLP widths and per-stage ResNet/WRN blocks (growth operators)
+    ({"type": "mlp", "widths": [13, 7]}, True),
+    ({"type": "mlp", "widths": [13], "width": 6}, False),
+    ({"type": "mlp", "widths": [13], "depth": 1}, False),
+    ({"type": "mlp", "widths": []}, False),
+    ({"type": "mlp", "width": 6}, False),
+    ({"type": "resnet", "blocks": [1, 2, 1]}, True),
+    ({"type": "resnet", "depth": 14, "blocks": [2, 2, 2], "extra_blocks": 1}, True),
+    ({"type": "wrn", "blocks": [2, 1, 1], "widen": 2}, True),
+    ({"type": "resnet", "blocks": [1, 2]}, False),
+    ({"type": "resnet", "blocks": [0, 1, 1]}, False),
+    ({"type": "resnet", "width": 4}, False),
 ]
 
 
