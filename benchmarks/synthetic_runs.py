@@ -2,6 +2,7 @@
 
 Runs are the default benchmark's 8 methods (``config/config.yaml``) × seeds 0, 1, … on one dataset × student,
 the first ``n_runs`` in seed-major order (every method gets ⌈N / 8⌉ or ⌊N / 8⌋ seeds), plus the teacher run.
+EV3 runs with growth end at run-specific FLOPs (1–1.3 × the others'), so their evaluation FLOPs differ.
 EV3 runs carry ``ev3.decisions`` (one per round) and ``ev3.growth_events``; MetaDistil runs carry their tracked
 ``metadistil.teacher_history``. Every value is drawn from ``numpy.random.default_rng(seed)``: the same
 arguments write the same bytes. Predictions hold ``pred`` and ``label`` (int32, ``n_test``) only; a run's
@@ -125,6 +126,8 @@ def write_runs(root: str, n_runs: int, *, seed: int = 0, n_test: int = 1000) -> 
         k = int(np.clip(round((level[method] + rng.normal(0, 0.02)) * n_test), 0, n_test))
         correct = rng.permutation(n_test) < k
         f_student = STEPS * FLOPS_PER_STEP
+        if method in ("ev3", "ev3-no-gate"):  # a grown student costs more per step from its growth on
+            f_student *= 1 + 0.3 * rng.random()
         f_teacher = 0.0 if mtype == "scratch" else STEPS * FLOPS_PER_STEP * (3.0 if mtype == "metadistil" else 1.0)
         compute = _compute(f_student, f_teacher, rng)
         history = _history(float(correct.mean()), compute["flops"], rng)

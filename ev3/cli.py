@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--gpu-wait", type=float, default=3600.0, help="seconds to wait for a free GPU before failing")
     agg = sub.add_parser("aggregate", help="metrics.json files → tables and figures")
     agg.add_argument("root", help="results/<benchmark>")
+    agg.add_argument("--sample-runs", type=int, default=20,
+                     help="figures drawing runs one by one draw at most this many per method (median and band beyond)")
     val = sub.add_parser("validate", help="validate a benchmark config file")
     val.add_argument("config")
     return p
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "aggregate":
             from ev3.report.aggregate import aggregate
 
-            aggregate(args.root)
+            aggregate(args.root, args.sample_runs)
         elif args.command == "validate":
             import yaml
 

@@ -30,13 +30,25 @@ KEYS = ["dataset", "student", "method"]
 BASELINE_ORDER = ["teacher", "scratch", "kd", "dkd"]
 
 
-def load_metrics(path: str) -> dict:
-    """Read and schema-check one metrics file; a bad file raises ``ValueError`` naming it."""
+def metrics_validator() -> jsonschema.protocols.Validator:
+    """The compiled validator of ``workflow/schemas/metrics.schema.json`` (the schema itself checked once)."""
     with open(METRICS_SCHEMA) as f:
         schema = json.load(f)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def load_metrics(path: str, validator: jsonschema.protocols.Validator | None = None) -> dict:
+    """Read and schema-check one metrics file with ``validator`` (default: :func:`metrics_validator`, built
+    now); a bad file raises ``ValueError`` naming it. The error reported is ``jsonschema.validate``'s
+    (the best match among the file's errors)."""
+    validator = metrics_validator() if validator is None else validator
     try:
         metrics = io.read_json(path)
-        jsonschema.validate(metrics, schema)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(metrics))
+        if error is not None:
+            raise error
     except (json.JSONDecodeError, jsonschema.ValidationError) as e:
         raise ValueError(f"{path}: invalid metrics file: {getattr(e, 'message', e)}") from None
     return metrics
@@ -59,16 +71,18 @@ def _flat(metrics: dict, run_dir: str) -> dict:
 def collect(root: str) -> tuple[pd.DataFrame, list[dict]]:
     """(one flat row per student run sorted by identity and seed, the runs' full metrics in the same order).
 
-    Teacher metrics are schema-checked too (a broken teacher run is refused) but not tabulated.
+    Teacher metrics are schema-checked too (a broken teacher run is refused) but not tabulated. One validator
+    checks every file.
     """
+    validator = metrics_validator()
     runs_glob = run_paths.run_dir("*", "*", "*", "*", root=root)
     teachers_glob = run_paths.teacher_dir("*", "*", "*", root=root)
     paths = sorted(glob.glob(os.path.join(runs_glob, "metrics.json")))
     for path in sorted(glob.glob(os.path.join(teachers_glob, "metrics.json"))):
-        load_metrics(path)
+        load_metrics(path, validator)
     if not paths:
         raise ValueError(f"no run metrics under {root}/runs")
-    runs = [(os.path.relpath(os.path.dirname(p), root), load_metrics(p)) for p in paths]
+    runs = [(os.path.relpath(os.path.dirname(p), root), load_metrics(p, validator)) for p in paths]
     table = pd.DataFrame([_flat(m, d) for d, m in runs]).sort_values(KEYS + ["seed"], kind="stable")
     counters = [c for c in table.columns if c.startswith("compute_")]
     table[counters] = table[counters].apply(pd.to_numeric)  # null counters (e.g. steps_per_s) become NaN
@@ -196,8 +210,9 @@ def write_tables(tables_dir: str, raw: dict[str, pd.DataFrame], display: dict[st
     io.write_text(os.path.join(tables_dir, "report.rst"), "\n".join(page))
 
 
-def aggregate(root: str) -> pd.DataFrame:
-    """Write every table under ``root/tables`` and every figure under ``root/figures``; returns the summary."""
+def aggregate(root: str, sample_runs: int = figures.SAMPLE_RUNS) -> pd.DataFrame:
+    """Write every table under ``root/tables`` and every figure under ``root/figures`` (figures that draw runs
+    one by one draw at most ``sample_runs`` per method); returns the summary."""
     runs, metrics = collect(root)
     order = method_order(runs["method"])
     summary = add_anchors(summarize(runs), read_anchors(root))
@@ -212,7 +227,7 @@ def aggregate(root: str) -> pd.DataFrame:
         "matched_compute": compute.matched_display(matched),
     }
     write_tables(os.path.join(root, "tables"), raw, display)
-    figures.draw_all(runs, summary, metrics, order, os.path.join(root, "figures"))
+    figures.draw_all(runs, summary, metrics, order, os.path.join(root, "figures"), sample_runs)
     for name in ("summary", "significance"):
         print(_markdown(display[name]), end="\n\n")
     return summary

@@ -15,10 +15,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import scipy.stats  # noqa: E402
 
 from ev3 import io  # noqa: E402
 from ev3.report import OPTIONAL_FIGURES  # noqa: E402
-from ev3.report.compute import interp_within, seed_mean_ci, series  # noqa: E402
+from ev3.report.compute import interp_within, series  # noqa: E402
+
+
+SAMPLE_RUNS = 20
+"""Default ``K``: per method, runs drawn one by one in the figures that would otherwise draw every run."""
+
+BAND = (0.1, 0.9)
+"""Quantiles (over runs) of the band drawn for a method with more than ``K`` runs."""
 
 
 def colors(order: list[str]) -> dict[str, tuple]:
@@ -76,8 +84,9 @@ def _legend(ax) -> None:
         ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
 
 
-def accuracy(runs: pd.DataFrame, summary: pd.DataFrame, order: list[str], path: str) -> None:
-    """Per (dataset, student): seeds as dots, mean bar with 95 % CI whiskers, teacher as a dashed line."""
+def accuracy(runs: pd.DataFrame, summary: pd.DataFrame, order: list[str], path: str, k: int = SAMPLE_RUNS) -> None:
+    """Per (dataset, student): seeds as dots (small and translucent beyond ``k`` seeds), mean bar with 95 % CI
+    whiskers, teacher as a dashed line."""
     groups = list(summary.groupby(["dataset", "student"], sort=False))
     fig, axes = _panels(groups)
     color = colors(order)
@@ -89,7 +98,8 @@ def accuracy(runs: pd.DataFrame, summary: pd.DataFrame, order: list[str], path: 
             ax.bar(i, 100 * r.test_acc_mean, color=color[m], alpha=0.6)
             if np.isfinite(r.test_acc_ci_low):
                 ax.errorbar(i, 100 * r.test_acc_mean, yerr=[[100 * (r.test_acc_mean - r.test_acc_ci_low)], [100 * (r.test_acc_ci_high - r.test_acc_mean)]], color="k", capsize=4)
-            ax.scatter(np.full(len(seeds), i) + np.linspace(-0.15, 0.15, len(seeds)), 100 * seeds, color="k", s=10, zorder=3)
+            dots = {"s": 10} if len(seeds) <= k else {"s": 2, "alpha": 0.3}  # many seeds: a density, not dots
+            ax.scatter(np.full(len(seeds), i) + np.linspace(-0.15, 0.15, len(seeds)), 100 * seeds, color="k", zorder=3, **dots)
         ax.axhline(100 * s["teacher_test_acc"].iloc[0], color="gray", ls="--", label="teacher")
         ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
         lo = 100 * min(s["test_acc_ci_low"].min(skipna=True) if s["test_acc_ci_low"].notna().any() else s["test_acc_mean"].min(), s["test_acc_mean"].min())
@@ -122,6 +132,22 @@ def curves(all_metrics: list[dict], order: list[str], path: str) -> None:
     _save(fig, path)
 
 
+MAX_GRID = 200
+"""At most this many FLOPs points per method in ``accuracy_vs_flops`` (the union of the runs' evaluation FLOPs,
+thinned beyond)."""
+
+
+def _mean_t_band(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of ``acc`` (runs × points, no NaN): mean and 95 % t-interval over runs, as
+    :func:`ev3.stats.mean_ci` per column (``low = high = NaN`` for one run), in one pass."""
+    n = acc.shape[0]
+    mean = acc.mean(axis=0)
+    if n < 2:
+        return mean, np.full_like(mean, np.nan), np.full_like(mean, np.nan)
+    half = scipy.stats.t.ppf(0.975, n - 1) * acc.std(axis=0, ddof=1) / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
 def accuracy_vs_flops(all_metrics: list[dict], order: list[str], path: str) -> None:
     """Test accuracy (state at each evaluation) vs cumulative FLOPs, log x: per method the mean over seeds with
     a 95 % t-band, each run interpolated onto the union of the method's evaluation FLOPs within the range every
@@ -138,8 +164,10 @@ def accuracy_vs_flops(all_metrics: list[dict], order: list[str], path: str) -> N
             acc = np.stack([interp_within(grid, series(h, "flops"), series(h, "test_accuracy")) for h in hs])
             covered = ~np.isnan(acc).any(axis=0)  # the mean is always over every seed
             grid, acc = grid[covered], acc[:, covered]
-            cis = [seed_mean_ci(column) for column in acc.T]
-            mean, low, high = (100 * np.array([getattr(ci, f) for ci in cis]) for f in ("mean", "low", "high"))
+            if grid.size > MAX_GRID:  # many runs at distinct FLOPs: thin the union to evenly ranked points
+                pick = np.unique(np.round(np.linspace(0, grid.size - 1, MAX_GRID)).astype(int))
+                grid, acc = grid[pick], acc[:, pick]
+            mean, low, high = (100 * v for v in _mean_t_band(acc))
             ax.plot(grid, mean, color=color[method], marker=".", label=f"{method} (n={len(hs)})")
             ax.fill_between(grid, low, high, color=color[method], alpha=0.2)
         _flops_axis(ax)
@@ -150,15 +178,17 @@ def accuracy_vs_flops(all_metrics: list[dict], order: list[str], path: str) -> N
     _save(fig, path)
 
 
-def agreement(runs: pd.DataFrame, order: list[str], path: str) -> None:
-    """Teacher agreement vs test accuracy of the val-selected student: one point per run, colored by method."""
+def agreement(runs: pd.DataFrame, order: list[str], path: str, k: int = SAMPLE_RUNS) -> None:
+    """Teacher agreement vs test accuracy of the val-selected student: one point per run, colored by method
+    (small and translucent for a method with more than ``k`` runs)."""
     groups = list(runs.groupby(["dataset", "student"], sort=True))
     fig, axes = _panels(groups)
     color = colors(order)
     for ax, ((dataset, student), g) in zip(axes, groups):
         for method in (m for m in order if m in set(g["method"])):
             r = g[g["method"] == method]
-            ax.scatter(100 * r["teacher_agreement"], 100 * r["test_accuracy"], color=color[method], label=method, s=25)
+            dots = {"s": 25} if len(r) <= k else {"s": 4, "alpha": 0.3}
+            ax.scatter(100 * r["teacher_agreement"], 100 * r["test_accuracy"], color=color[method], label=method, **dots)
         ax.set_xlabel("teacher agreement on test (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset} · {student}")
@@ -186,22 +216,65 @@ def _accuracy_at(entry: dict, x: float, history: list[dict]) -> float:
     return float(np.interp(x, series(history, "flops"), series(history, "test_accuracy")))
 
 
-def ev3_trajectory(all_metrics: list[dict], order: list[str], path: str) -> None:
+def sample(runs: list[dict], k: int) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(the runs drawn one by one: per method those with the ``k`` smallest seeds, in ``runs`` order; every run
+    of each method with more than ``k`` runs, by method). The same seeds are drawn for every method, so drawn
+    runs pair across methods."""
+    by_method: dict[str, list[dict]] = {}
+    for m in runs:
+        by_method.setdefault(m["method"], []).append(m)
+    drawn = set()
+    for group in by_method.values():
+        drawn |= {id(m) for m in sorted(group, key=lambda m: m["seed"])[:k]}
+    return [m for m in runs if id(m) in drawn], {name: g for name, g in by_method.items() if len(g) > k}
+
+
+def _band(ax, xy: list[tuple[np.ndarray, np.ndarray]], color, label: str, *, log: bool) -> None:
+    """Median (line) and :data:`BAND` quantiles (shaded) over runs of ``y(x)`` (one ``(x, y)`` pair per run,
+    ``x`` increasing) at 100 points spanning every run's ``x`` (log-spaced if ``log``); each run linearly
+    interpolated within its own range (no extrapolation), a point's statistics over the runs covering it."""
+    xy = [(x, y) for x, y in xy if x.size]
+    if not xy:
+        return
+    lo, hi = min(x[0] for x, _ in xy), max(x[-1] for x, _ in xy)
+    grid = np.geomspace(lo, hi, 100) if log and lo > 0 else np.linspace(lo, hi, 100)
+    ys = np.stack([interp_within(grid, x, y) for x, y in xy])
+    keep = np.isfinite(ys).any(axis=0)
+    q = np.nanquantile(ys[:, keep], [0.5, *BAND], axis=0)
+    ax.plot(grid[keep], q[0], color=color, lw=2, label=label)
+    ax.fill_between(grid[keep], q[1], q[2], color=color, alpha=0.2)
+
+
+def _band_label(method: str, n: int, k: int) -> str:
+    return f"{method}: median, {100 * BAND[0]:g}–{100 * BAND[1]:g} % of {n} runs ({k} shown)"
+
+
+def ev3_trajectory(all_metrics: list[dict], order: list[str], path: str, k: int = SAMPLE_RUNS) -> None:
     """Runs with an ``ev3`` object: test accuracy vs cumulative FLOPs per run; ``ev3.decisions`` entries as ▲
-    (``accepted`` true) or ✕ (false); ``ev3.growth_events`` as dotted vertical lines."""
+    (``accepted`` true) or ✕ (false); ``ev3.growth_events`` as dotted vertical lines. Per method at most ``k``
+    runs (see :func:`sample`) are drawn so; a method with more runs also gets the median and
+    :data:`BAND` band of all its runs (thick line, shaded), so the figure's artists do not grow beyond ``k``
+    runs per method."""
     runs = [m for m in all_metrics if "ev3" in m]
     keys = _groups(runs)
     fig, axes = _panels(keys)
     color = colors(order)
     for ax, key in zip(axes, keys):
-        for m in (m for m in runs if (m["dataset"], m["student"]) == key):
+        drawn, banded = sample([m for m in runs if (m["dataset"], m["student"]) == key], k)
+        points = {}  # (method, accepted) -> [(x, accuracy %)]: one scatter each
+        for m in drawn:
             h, c = m["history"], color[m["method"]]
             ax.plot(series(h, "flops"), 100 * series(h, "test_accuracy"), color=c, alpha=0.7, label=m["method"])
             for d in _entries(m["ev3"], "decisions"):
                 x = _at_flops(d, h)
-                ax.scatter(x, 100 * _accuracy_at(d, x, h), color=c, marker="^" if d.get("accepted") else "x", s=40, zorder=3)
+                points.setdefault((m["method"], bool(d.get("accepted"))), []).append((x, 100 * _accuracy_at(d, x, h)))
             for event in _entries(m["ev3"], "growth_events"):
                 ax.axvline(_at_flops(event, h), color=c, ls=":", alpha=0.6)
+        for (method, accepted), xy in points.items():
+            ax.scatter(*np.array(xy).T, color=color[method], marker="^" if accepted else "x", s=40, zorder=3)
+        for method in (o for o in order if o in banded):
+            xy = [(series(m["history"], "flops"), 100 * series(m["history"], "test_accuracy")) for m in banded[method]]
+            _band(ax, xy, color[method], _band_label(method, len(banded[method]), k), log=True)
         ax.scatter([], [], color="k", marker="^", label="accepted decision")
         ax.scatter([], [], color="k", marker="x", label="rejected decision")
         ax.plot([], [], color="k", ls=":", label="growth event")
@@ -222,22 +295,31 @@ def _teacher_series(runs: list[dict]) -> list[str]:
     return sorted(keys, key=lambda k: (k != "teacher_test_accuracy", k))
 
 
-def metadistil_teacher(all_metrics: list[dict], order: list[str], path: str) -> None:
+def metadistil_teacher(all_metrics: list[dict], order: list[str], path: str, k: int = SAMPLE_RUNS) -> None:
     """Runs with a ``metadistil`` object: each numeric series of ``metadistil.teacher_history`` (entries with
     ``student_steps``) vs student steps, one line per run colored by method; rows are dataset × student.
-    Accuracy/agreement series are in percent; the initial teacher's test accuracy is a dashed line."""
+    Accuracy/agreement series are in percent; the initial teacher's test accuracy is a dashed line. Per method
+    at most ``k`` runs are drawn (see :func:`sample`); a method with more runs also gets the median and
+    :data:`BAND` band of all its runs."""
     runs = [m for m in all_metrics if "metadistil" in m]
     keys, names = _groups(runs), _teacher_series(runs) or ["(no teacher_history)"]
     fig, axes = plt.subplots(len(keys), len(names), figsize=(5 * len(names), 3.8 * len(keys)), squeeze=False)
     color = colors(order)
+
+    def xy(m, name, scale):
+        th = [e for e in _entries(m["metadistil"], "teacher_history") if _number(e.get(name)) and "student_steps" in e]
+        return series(th, "student_steps"), scale * series(th, name)
+
     for row, key in zip(axes, keys):
         group = [m for m in runs if (m["dataset"], m["student"]) == key]
+        drawn, banded = sample(group, k)
         for ax, name in zip(row, names):
             scale = 100 if ("accuracy" in name or "agreement" in name) else 1
-            for m in group:
-                th = [e for e in _entries(m["metadistil"], "teacher_history") if _number(e.get(name)) and "student_steps" in e]
-                x, y = series(th, "student_steps"), scale * series(th, name)
-                ax.plot(x, y, color=color[m["method"]], marker=".", alpha=0.7, label=m["method"])
+            for m in drawn:
+                ax.plot(*xy(m, name, scale), color=color[m["method"]], marker=".", alpha=0.7, label=m["method"])
+            for method in (o for o in order if o in banded):
+                _band(ax, [xy(m, name, scale) for m in banded[method]], color[method],
+                      _band_label(method, len(banded[method]), k), log=False)
             if name == "teacher_test_accuracy":
                 ax.axhline(100 * group[0]["teacher_test_accuracy"], color="gray", ls="--", label="initial teacher")
             _legend(ax)
@@ -247,13 +329,15 @@ def metadistil_teacher(all_metrics: list[dict], order: list[str], path: str) -> 
     _save(fig, path)
 
 
-def draw_all(runs: pd.DataFrame, summary: pd.DataFrame, all_metrics: list[dict], order: list[str], figures_dir: str) -> None:
-    """Every figure into ``figures_dir``; the :data:`OPTIONAL_FIGURES` only when some run has their object."""
-    accuracy(runs, summary, order, os.path.join(figures_dir, "accuracy.png"))
+def draw_all(runs: pd.DataFrame, summary: pd.DataFrame, all_metrics: list[dict], order: list[str], figures_dir: str,
+             k: int = SAMPLE_RUNS) -> None:
+    """Every figure into ``figures_dir``; the :data:`OPTIONAL_FIGURES` only when some run has their object.
+    Figures that draw runs one by one draw at most ``k`` per method (:func:`sample`)."""
+    accuracy(runs, summary, order, os.path.join(figures_dir, "accuracy.png"), k)
     curves(all_metrics, order, os.path.join(figures_dir, "curves.png"))
     accuracy_vs_flops(all_metrics, order, os.path.join(figures_dir, "accuracy_vs_flops.png"))
-    agreement(runs, order, os.path.join(figures_dir, "agreement.png"))
+    agreement(runs, order, os.path.join(figures_dir, "agreement.png"), k)
     draw = {"ev3_trajectory": ev3_trajectory, "metadistil_teacher": metadistil_teacher}
     for name, key in OPTIONAL_FIGURES.items():
         if any(key in m for m in all_metrics):
-            draw[name](all_metrics, order, os.path.join(figures_dir, f"{name}.png"))
+            draw[name](all_metrics, order, os.path.join(figures_dir, f"{name}.png"), k)
