@@ -165,3 +165,16 @@ def test_band_is_the_median_and_quantiles_over_runs():
     np.testing.assert_allclose(band[:, 1].min(), lo * grid[0], rtol=1e-12)
     np.testing.assert_allclose(band[:, 1].max(), hi * grid[-1], rtol=1e-12)
     plt.close(fig)
+
+
+def test_report_config_keys_are_checked():
+    import yaml
+
+    from ev3.config import ConfigError, validate
+
+    with open(os.path.join(os.path.dirname(agg.METRICS_SCHEMA), "..", "..", "config", "smoke.yaml")) as f:
+        config = yaml.safe_load(f)
+    validate({**config, "report": {"local_max_runs": 0, "sample_runs": 5, "embed_max_runs": 100}})
+    for bad in ({"local_max_runs": -1}, {"sample_runs": 0}, {"embed_max_run": 10}):
+        with pytest.raises(ConfigError):
+            validate({**config, "report": bad})

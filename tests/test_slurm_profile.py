@@ -1,6 +1,7 @@
 """profiles/slurm plans the DAG with the SLURM executor and gives each rule the resources it names; settings
 that only the local test cluster needs (tests/slurm/profile) stay out of it. No cluster needed."""
 
+import json
 import os
 import re
 import subprocess
@@ -118,3 +119,37 @@ def test_the_cifar100_recipe_plans_its_full_dag_with_gpus(tmp_path):
                 assert resources.get(name) == expected(value, config["threads"]), (rule, name, resources)
     for teacher in ("resnet56", "resnet32x4", "wrn40_2"):
         assert f"teacher/cifar100/{teacher}/seed0/checkpoint" in out
+
+
+
+LOCAL_RULES = """
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+snakefile, configfile, workdir, config = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+    workflow = api.workflow(resource_settings=ResourceSettings(), storage_settings=StorageSettings(),
+                            config_settings=ConfigSettings(configfiles=[Path(configfile)], config=config),
+                            workdir=Path(workdir), snakefile=Path(snakefile))._workflow
+    print(json.dumps(sorted(workflow._localrules)))
+"""
+
+
+def local_rules(workdir, **config) -> list[str]:
+    """The rules Snakemake runs on the submitting host for smoke.yaml with ``config`` on top."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LOCAL_RULES, SNAKEFILE, os.path.join(ROOT, "config", "smoke.yaml"), str(workdir),
+         json.dumps({"benchmark": "slurm_local_rules", **config})],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_aggregate_is_local_up_to_report_local_max_runs_and_a_cluster_job_beyond(tmp_path):
+    n_runs = 24  # smoke.yaml: 8 methods × 3 seeds
+    assert "aggregate" in local_rules(tmp_path / "a")  # the default limit (500) keeps it on the submitting host
+    assert "aggregate" in local_rules(tmp_path / "b", report={"local_max_runs": n_runs})
+    beyond = local_rules(tmp_path / "c", report={"local_max_runs": n_runs - 1})
+    assert "aggregate" not in beyond and "resolved_config" in beyond

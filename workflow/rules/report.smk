@@ -3,10 +3,19 @@ from ev3.report import OPTIONAL_FIGURES
 # Every table and figure goes into the HTML report with its caption from workflow/report/<name>.rst. The
 # OPTIONAL_FIGURES are drawn only for some method types, so they are outputs only when the config has one.
 METHOD_TYPES = {options["type"] for options in cfg["methods"].values()}
+# At many runs (config `report`): `aggregate` leaves the submitting host for a cluster job, figures draw a sample
+# of runs per method, and the one-row-per-run table stays out of the HTML report (the per-method tables are in).
+REPORT = cfg.get("report") or {}
+N_RUNS = len(student_metrics())
+LOCAL_MAX_RUNS = REPORT.get("local_max_runs", 500)
+SAMPLE_RUNS = REPORT.get("sample_runs", 20)
+EMBED_MAX_RUNS = REPORT.get("embed_max_runs", 500)
 REPORT_TABLES = {
     name: report(f"{R}/tables/{name}.csv", caption=f"../report/{name}.rst", category="Tables")
-    for name in ["summary", "significance", "compute", "matched_compute", "runs"]
+    for name in ["summary", "significance", "compute", "matched_compute"] + (["runs"] if N_RUNS <= EMBED_MAX_RUNS else [])
 }
+if N_RUNS > EMBED_MAX_RUNS:
+    REPORT_TABLES["runs"] = f"{R}/tables/runs.csv"
 REPORT_FIGURES = {
     name: report(f"{R}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
     for name in ["accuracy", "curves", "accuracy_vs_flops", "agreement"]
@@ -41,10 +50,12 @@ rule aggregate:
         **REPORT_FIGURES,
         markdown=expand(f"{R}/tables/{{name}}.md", name=["summary", "significance", "compute", "matched_compute"]),
         page=f"{R}/tables/report.rst",
+    params:
+        sample_runs=SAMPLE_RUNS,
     log:
         f"{R}/logs/aggregate.log",
-    localrule: True
+    localrule: N_RUNS <= LOCAL_MAX_RUNS
     conda:
         "../../environment.yml"
     shell:
-        "python -m ev3 aggregate $(dirname $(dirname {output.summary})) > {log} 2>&1"
+        "python -m ev3 aggregate $(dirname $(dirname {output.summary})) --sample-runs {params.sample_runs} > {log} 2>&1"
