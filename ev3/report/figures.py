@@ -12,7 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
+from matplotlib import patheffects, ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.stats  # noqa: E402
@@ -241,8 +241,12 @@ def _band(ax, xy: list[tuple[np.ndarray, np.ndarray]], color, label: str, *, log
     ys = np.stack([interp_within(grid, x, y) for x, y in xy])
     keep = np.isfinite(ys).any(axis=0)
     q = np.nanquantile(ys[:, keep], [0.5, *BAND], axis=0)
-    ax.plot(grid[keep], q[0], color=color, lw=2, label=label)
+    ax.plot(grid[keep], q[0], color=color, lw=2, label=label, zorder=4, path_effects=[_OUTLINE])  # above markers
     ax.fill_between(grid[keep], q[1], q[2], color=color, alpha=0.2)
+
+
+_OUTLINE = patheffects.withStroke(linewidth=3.5, foreground="k")
+"""A dark edge that keeps a median line visible over the drawn runs of its own color."""
 
 
 def _band_label(method: str, n: int, k: int) -> str:
