@@ -19,19 +19,18 @@ Conventions
   epoch's permutation on device (``lax.cond`` at the epoch's first step, from ``batch_order`` and the epoch,
   as the host does for N = 1). Chunks of N steps and the remainders that occur (e.g. ``eval_every`` mod N)
   compile once each; a chunk of one step is the single compiled step. The loss is summed on device and
-  fetched only at evaluations. The step takes and returns
-  the state's flat list of leaves and a device-resident step index, so a call does no pytree flattening and
-  no host-to-device transfer.
+  fetched only at evaluations. The step takes and returns the state's flat list of leaves and a device-resident
+  step index, so a call does no pytree flattening and no host-to-device transfer.
 - Cadence: a unit is ``work.steps_per_unit`` steps per population member (one step; an EV3 round: K·L); one
   ``work.advance`` runs up to ``work.units_per_call`` units (``train.steps_per_call``; an EV3 round: 1). The
   state is evaluated once ``train.eval_every`` more steps are done and after the last unit; checkpoints are
   named by steps done.
 - FLOPs: XLA's ``cost_analysis()`` of each compiled call × its number of calls; training steps count the
-  single compiled step's cost × steps whatever ``steps_per_call`` (XLA's cost of a scan counts its body once). ``flops_teacher`` = teacher
-  forward cost on a batch × (teacher forwards + 2 × teacher backwards; a backward pass is counted as two
-  forwards; per unit: ``method.teacher_passes``); ``flops_student`` = the rest of the training steps;
-  ``flops_selection`` = evaluations on ``val`` (and a method's own selection work, e.g. EV3's assess/decide).
-  Test-set evaluations are reporting only and not counted.
+  single compiled step's cost × steps whatever ``steps_per_call`` (XLA's cost of a scan counts its body
+  once). ``flops_teacher`` = teacher forward cost on a batch × (teacher forwards + 2 × teacher backwards; a
+  backward pass is counted as two forwards; per unit: ``method.teacher_passes``); ``flops_student`` = the
+  rest of the training steps; ``flops_selection`` = evaluations on ``val`` (and a method's own selection work,
+  e.g. EV3's assess/decide). Test-set evaluations are reporting only and not counted.
 - Tracking: ``method.track(state, data, counter, teacher)`` runs at every evaluation; a dict it returns (with
   ``student_steps``) is appended to ``FitResult.tracked`` (e.g. MetaDistil's teacher).
 - Selection: ``method.model(state)`` is evaluated; the one with the best ``val`` accuracy (earliest on ties)
@@ -305,13 +304,14 @@ class StepWork:
             return jax.random.permutation(jax.random.fold_in(key, epoch), n)
 
         def steps(length):
-            """``length`` consecutive steps in one ``lax.scan``; the permutation is carried and redrawn on device at
-            each epoch's first step (the same as the host's ``permutation``)."""
+            """``length`` consecutive steps in one ``lax.scan``; the permutation is carried and redrawn on device
+            at each epoch's first step (the same as the host's ``permutation``)."""
 
             def run(state, loss_sum, i, train, perm, order_key, step_key):
                 def body(carry, _):
                     state, loss_sum, i, perm = carry
-                    perm = jax.lax.cond(i % per_epoch == 0, lambda: permutation(order_key, i // per_epoch), lambda: perm)
+                    new_epoch = i % per_epoch == 0
+                    perm = jax.lax.cond(new_epoch, lambda: permutation(order_key, i // per_epoch), lambda: perm)
                     state, loss_sum, i = loop_step(state, loss_sum, i, train, perm, step_key)
                     return (state, loss_sum, i, perm), None
 

@@ -21,7 +21,8 @@ METHODS = {  # name -> (type, options); metadistil's quiz batch fits the mock CI
     "scratch": {"type": "scratch"},
     "kd": {"type": "kd", "temperature": 4.0, "alpha": 0.9},
     "dkd": {"type": "dkd", "temperature": 4.0, "alpha": 1.0, "beta": 8.0, "ce_weight": 1.0, "warmup_steps": 5},
-    "tuned": {"type": "tuned", "base": "kd", "space": {"temperature": [2.0, 8.0], "alpha": [0.9], "learning_rate": [0.001]}},
+    "tuned": {"type": "tuned", "base": "kd",
+              "space": {"temperature": [2.0, 8.0], "alpha": [0.9], "learning_rate": [0.001]}},
     "metadistil": {"type": "metadistil", "temperature": 4.0, "alpha": 0.9, "pilot_lr": 0.1, "teacher_lr": 0.001,
                    "teacher_momentum": 0.9, "teacher_frozen_fraction": 0.5, "pilot": True, "quiz_batch_size": 8},
 }
@@ -71,7 +72,8 @@ def _config(smoke_config, data, model, method, steps_per_call, **train):
     config["teacher"]["model"] = "student"
     config["methods"] = {method: METHODS[method]}
     n = data.splits["train"][0].shape[0]
-    config["train"].update(steps=STEPS, eval_every=EVERY, batch_size=n // 11 + 1, steps_per_call=steps_per_call, **train)
+    config["train"].update(steps=STEPS, eval_every=EVERY, batch_size=n // 11 + 1, steps_per_call=steps_per_call,
+                           **train)
     config["data_dir"] = "unused"  # the data are loaded by the fixtures
     return validate(config)
 
