@@ -72,8 +72,8 @@ def _config(smoke_config, data, model, method, steps_per_call, **train):
     config["teacher"]["model"] = "student"
     config["methods"] = {method: METHODS[method]}
     n = data.splits["train"][0].shape[0]
-    config["train"].update(steps=STEPS, eval_every=EVERY, batch_size=n // 11 + 1, steps_per_call=steps_per_call,
-                           **train)
+    config["train"].update({"steps": STEPS, "eval_every": EVERY, "batch_size": n // 11 + 1,
+                            "steps_per_call": steps_per_call, **train})
     config["data_dir"] = "unused"  # the data are loaded by the fixtures
     return validate(config)
 
@@ -142,6 +142,15 @@ def test_steps_per_call_equals_one_step_per_call_with_augmentation(smoke_config,
     model = smoke_config["models"]["mlp64"]
     method, (one, many) = _pair(smoke_config, cifar, "cifar10", model, name, augment={"crop_padding": 4, "flip": True})
     assert_equivalent(one, many, method, cifar.splits["test"][0])
+
+
+def test_a_remainder_chunk_compiles_once_and_equals_single_steps(smoke_config, mnist1d):
+    """25 steps, evaluations every 9: chunks 7, 2, 7, 2, 7 (scans of 7 and of 2 steps)."""
+    model = smoke_config["models"]["mlp64"]
+    method, (one, many) = _pair(smoke_config, mnist1d, "mnist1d", model, "scratch", steps=25, eval_every=9)
+    assert [h["student_steps"] for h in many.history] == [9, 18, 25]
+    assert_equivalent(one, many, method, mnist1d.splits["test"][0])
+    assert many.compute["compiles"] == one.compute["compiles"] + 2
 
 
 @pytest.mark.parametrize("name", ["scratch", "metadistil"])
