@@ -212,18 +212,27 @@ def teacher_run(config: dict, dataset: str, model: str) -> dict:
         "options": {"checkpoint": os.path.abspath(checkpoint)} if checkpoint else {},
         "model_name": model,
         "model": dict(config["models"][model]),
-        "train": copy.deepcopy(t["train"]),
+        "train": run_train(config, t["train"]),
         "seed": t["seed"],
         "teacher_dir": None,
         "budget": None,
     }
 
 
+STEPS_PER_CALL = {"cpu": 1, "gpu": 100}  # default train.steps_per_call per config device
+
+
+def run_train(config: dict, train: dict) -> dict:
+    """A run's ``train`` section: a copy of ``train`` with ``steps_per_call`` resolved (default per ``device``:
+    1 on CPU, where convolutions inside ``lax.scan`` are much slower; 100 on GPU)."""
+    return {"steps_per_call": STEPS_PER_CALL[config["device"]], **copy.deepcopy(train)}
+
+
 def student_run(config: dict, dataset: str, student: str, method: str, seed: int) -> dict:
     if method not in config["methods"]:
         raise ConfigError(f"methods/{method}: not defined in config")
     options = copy.deepcopy(config["methods"][method])
-    train = copy.deepcopy(config["train"])
+    train = run_train(config, config["train"])
     if config.get("budget") and "student_steps" in config["budget"]:  # equal student steps for every method
         from ev3 import methods
 

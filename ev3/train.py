@@ -11,18 +11,26 @@ Conventions
   inside the jitted step. The step key is stream ``step`` folded with the step number. With ``train.augment``
   (images), the batch is augmented on device in the same step (``ev3.data.augment``, stream ``augment`` of the
   step key).
-- The Python loop calls one ahead-of-time compiled step per unit (conv training inside ``lax.scan`` is much
-  slower on CPU); the loss is summed on device and fetched only at evaluations. The step takes and returns
-  the state's flat list of leaves and a device-resident step index, so a call does no pytree flattening and
-  no host-to-device transfer.
-- Cadence: a unit is ``work.steps_per_unit`` steps per population member (one step; an EV3 round: K·L). The
+- Steps per call (``train.steps_per_call``, N): the Python loop calls one ahead-of-time compiled step per unit
+  when N = 1 (the CPU default: conv training inside ``lax.scan`` is much slower on CPU), or one compiled
+  ``lax.scan`` over n ≤ N consecutive steps (the same per-step batch slicing, key folding and augmentation, so
+  results equal N = 1 up to float reassociation). A chunk ends exactly at every evaluation (hence at every
+  checkpoint) and at the end of training; it does not need to end at epoch boundaries: the scan draws the next
+  epoch's permutation on device (``lax.cond`` at the epoch's first step, from ``batch_order`` and the epoch,
+  as the host does for N = 1). Chunks of N steps and the remainders that occur (e.g. ``eval_every`` mod N)
+  compile once each; a chunk of one step is the single compiled step. The loss is summed on device and
+  fetched only at evaluations. The step takes and returns the state's flat list of leaves and a device-resident
+  step index, so a call does no pytree flattening and no host-to-device transfer.
+- Cadence: a unit is ``work.steps_per_unit`` steps per population member (one step; an EV3 round: K·L); one
+  ``work.advance`` runs up to ``work.units_per_call`` units (``train.steps_per_call``; an EV3 round: 1). The
   state is evaluated once ``train.eval_every`` more steps are done and after the last unit; checkpoints are
   named by steps done.
-- FLOPs: XLA's ``cost_analysis()`` of each compiled call × its number of calls. ``flops_teacher`` = teacher
-  forward cost on a batch × (teacher forwards + 2 × teacher backwards; a backward pass is counted as two
-  forwards; per unit: ``method.teacher_passes``); ``flops_student`` = the rest of the training steps;
-  ``flops_selection`` = evaluations on ``val`` (and a method's own selection work, e.g. EV3's assess/decide).
-  Test-set evaluations are reporting only and not counted.
+- FLOPs: XLA's ``cost_analysis()`` of each compiled call × its number of calls; training steps count the
+  single compiled step's cost × steps whatever ``steps_per_call`` (XLA's cost of a scan counts its body
+  once). ``flops_teacher`` = teacher forward cost on a batch × (teacher forwards + 2 × teacher backwards; a
+  backward pass is counted as two forwards; per unit: ``method.teacher_passes``); ``flops_student`` = the
+  rest of the training steps; ``flops_selection`` = evaluations on ``val`` (and a method's own selection work,
+  e.g. EV3's assess/decide). Test-set evaluations are reporting only and not counted.
 - Tracking: ``method.track(state, data, counter, teacher)`` runs at every evaluation; a dict it returns (with
   ``student_steps``) is appended to ``FitResult.tracked`` (e.g. MetaDistil's teacher).
 - Selection: ``method.model(state)`` is evaluated; the one with the best ``val`` accuracy (earliest on ties)
@@ -252,8 +260,10 @@ class StepWork:
     """The unit of work of a method with a pure ``step(state, batch, key) -> (state, logs)``: one compiled call
     of the step on the next batch (see Conventions: batches, keys, augmentation, flat leaves, donation).
 
-    Units: ``train.steps``; one student step (per population member) each. FLOPs: the compiled call's cost × calls,
-    the teacher's share from ``method.teacher_passes``; no per-step host accumulation."""
+    Units: ``train.steps``; one student step (per population member) each; ``units_per_call``:
+    ``train.steps_per_call`` (default 1), the most steps one call runs (a ``lax.scan``, see Conventions). FLOPs:
+    the single compiled step's cost × steps, the teacher's share from ``method.teacher_passes``; no per-step
+    host accumulation."""
 
     def __init__(self, ctx: RunContext):
         if flops_budget(ctx.spec) is not None:  # the budget is resolved to steps before init (LR schedules need them)
@@ -261,6 +271,9 @@ class StepWork:
         self.ctx = ctx
         method, spec, put = ctx.method, ctx.spec, ctx.put
         self.units, self.steps_per_unit = spec.train["steps"], 1
+        self.units_per_call = int(spec.train.get("steps_per_call", 1))
+        if self.units_per_call < 1:
+            raise ValueError(f"train/steps_per_call: {self.units_per_call} is not a positive integer")
         self.forwards, self.backwards = method.teacher_passes(spec)
         self.members = method.population_size(spec)
         x_all, y_all = put(ctx.data.splits["train"])
@@ -290,7 +303,24 @@ class StepWork:
         def permutation(key, epoch):  # the key is an argument, so runs with other seeds reuse the compiled kernel
             return jax.random.permutation(jax.random.fold_in(key, epoch), n)
 
-        self.loop_step, self.permutation = loop_step, permutation
+        def steps(length):
+            """``length`` consecutive steps in one ``lax.scan``; the permutation is carried and redrawn on device
+            at each epoch's first step (the same as the host's ``permutation``)."""
+
+            def run(state, loss_sum, i, train, perm, order_key, step_key):
+                def body(carry, _):
+                    state, loss_sum, i, perm = carry
+                    new_epoch = i % per_epoch == 0
+                    perm = jax.lax.cond(new_epoch, lambda: permutation(order_key, i // per_epoch), lambda: perm)
+                    state, loss_sum, i = loop_step(state, loss_sum, i, train, perm, step_key)
+                    return (state, loss_sum, i, perm), None
+
+                return jax.lax.scan(body, (state, loss_sum, i, perm), length=length)[0]
+
+            return run
+
+        self.loop_step, self.permutation, self.steps = loop_step, permutation, steps
+        self.chunks = {}  # length -> compiled scan of that many steps
         self.zero, self.order_key, self.step_key = put((jnp.float32(0.0), stream(key, "batch_order"), stream(key, "step")))
         self.initial = None
 
@@ -313,17 +343,38 @@ class StepWork:
             if teacher is not None and (self.forwards or self.backwards):
                 batch = self.train[0][: self.ctx.spec.train["batch_size"]]
                 _, self.teacher_fwd_flops = c.compile("teacher_forward", frozen_logits, put(teacher), batch)
+            if self.units_per_call > 1 and self.units >= self.units_per_call:
+                self.chunk(self.units_per_call)  # compiled before the loop's clock starts
         self.leaves, self.step_index = jax.tree.leaves(state), put(jnp.int32(units_done))
         self.loss_sum, self.since, self.perm = self.zero, 0, None
 
-    def advance(self, index: int) -> None:
+    def chunk(self, length: int):
+        """The compiled scan of ``length`` steps (compiled on first use; donates leaves, step index, permutation)."""
+        if length not in self.chunks:
+            i32, put = np.int32, self.ctx.put
+            self.chunks[length], _ = self.ctx.counter.compile(
+                f"steps{length}", on_flat_state(self.steps(length), self.treedef), jax.tree.leaves(self.initial),
+                self.zero, put(i32(0)), self.train, self.perm_c(self.order_key, i32(0)), self.order_key,
+                self.step_key, donate_argnums=(0, 2, 4),
+            )
+        return self.chunks[length]
+
+    def advance(self, index: int, count: int = 1) -> None:
+        """Run steps ``index`` … ``index + count - 1`` (``count`` ≤ ``units_per_call``) in one compiled call."""
         epoch, j = divmod(index, self.per_epoch)
-        if j == 0 or self.perm is None:
-            self.perm = self.perm_c(self.order_key, np.int32(epoch))
-        self.leaves, self.loss_sum, self.step_index = self.step_c(
-            self.leaves, self.loss_sum, self.step_index, self.train, self.perm, self.step_key
-        )
-        self.since += 1
+        if count == 1:
+            if j == 0 or self.perm is None:
+                self.perm = self.perm_c(self.order_key, np.int32(epoch))
+            self.leaves, self.loss_sum, self.step_index = self.step_c(
+                self.leaves, self.loss_sum, self.step_index, self.train, self.perm, self.step_key
+            )
+        else:
+            if self.perm is None:  # redrawn inside the scan when the chunk starts an epoch
+                self.perm = self.perm_c(self.order_key, np.int32(epoch))
+            self.leaves, self.loss_sum, self.step_index, self.perm = self.chunk(count)(
+                self.leaves, self.loss_sum, self.step_index, self.train, self.perm, self.order_key, self.step_key
+            )
+        self.since += count
 
     def state(self):
         return jax.tree.unflatten(self.treedef, self.leaves)
@@ -412,15 +463,22 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None,
     next_eval = (start * per_unit // eval_every + 1) * eval_every
     last_checkpoint, done = start * per_unit, start
     t_loop = time.perf_counter()
-    for i in range(start, units if units is not None else 2**31 - 1):
+    i = start
+    while units is None or i < units:
+        if budget is None:  # a call ends at the next evaluation (so at every checkpoint) and at the end
+            to_eval = -(-(next_eval - i * per_unit) // per_unit)
+            count = max(1, min(work.units_per_call, units - i, to_eval))
+        else:
+            count = 1
         trained_before = work.training_flops(i)[2] if budget is not None else None
-        work.advance(i)
-        done, steps = i + 1, (i + 1) * per_unit
+        work.advance(i, count)
+        i += count
+        done, steps = i, i * per_unit
         if budget is None:
             last = done == units
         else:
             trained = work.training_flops(done)[2]
-            if i == 0 and trained > budget:
+            if i == 1 and trained > budget:
                 raise ValueError(f"budget/flops: {budget:.3g} is less than one round of {spec.method} ({trained:.3g} FLOPs)")
             last = trained + (trained - trained_before) > budget
         if steps >= next_eval or last:

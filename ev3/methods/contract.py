@@ -22,16 +22,18 @@ class Work(Protocol):
     It holds the live method state. ``units``: units in the run, or None to run until the FLOPs budget
     (``budget.flops``) is spent; ``steps_per_unit``: student steps of one population member per unit, the clock
     of the eval and checkpoint cadence (``train.eval_every``, ``train.checkpoint_every``) and of checkpoint
-    names."""
+    names; ``units_per_call``: the most units one :meth:`advance` may run (``train.steps_per_call`` for
+    :class:`ev3.train.StepWork`; 1 for EV3's round, which ``steps_per_call`` does not apply to)."""
 
     units: int | None
     steps_per_unit: int
+    units_per_call: int
 
     def load(self, state: Any, units_done: int) -> None:
         """Take ``state`` as the state after ``units_done`` units."""
 
-    def advance(self, index: int) -> None:
-        """Run unit ``index`` (0-based)."""
+    def advance(self, index: int, count: int = 1) -> None:
+        """Run units ``index`` … ``index + count - 1`` (0-based; ``count`` ≤ ``units_per_call``)."""
 
     def state(self) -> Any:
         """The current method state."""

@@ -211,6 +211,7 @@ class Round:
         self.K = len(_candidates(o))
         self.units = o["iterations"] if flops_budget(spec) is None else None
         self.steps_per_unit = self.K * L
+        self.units_per_call = 1  # a round is not a step: train.steps_per_call does not apply
         x_train, y_train = data.splits["train"]
         x_meta, y_meta = data.splits["meta"]
         half = x_meta.shape[0] // 2  # meta is stratified and shuffled per class: first half assesses, rest decides
@@ -250,7 +251,7 @@ class Round:
         self.ctx.flops["selection"] += f
         return {k: np.asarray(v) for k, v in compiled(params, x, y, t).items()}
 
-    def advance(self, it: int) -> None:
+    def advance(self, it: int, count: int = 1) -> None:
         ctx, o, run, flops, L, K = self.ctx, self.o, self.run, self.ctx.flops, self.L, self.K
         state, arch, stable_arch, counter = run.protocol, run.arch, run.stable_arch, ctx.counter
         draw_args = (ctx.teacher, self.order_key, self.assess_key, np.int32(it))
