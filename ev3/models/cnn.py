@@ -23,6 +23,11 @@ def _conv_input_shape(input_shape: tuple[int, ...]) -> tuple[int, ...]:
     return (*input_shape, 1) if len(input_shape) == 1 else tuple(input_shape)
 
 
+def conv_strides(channels: list[int], stride: int | list[int]) -> list[int]:
+    """Each convolution's stride: ``stride`` as a list, or one int for every convolution."""
+    return list(stride) if isinstance(stride, list) else [stride] * len(channels)
+
+
 class CNN(nnx.Module):
     def __init__(
         self,
@@ -42,8 +47,7 @@ class CNN(nnx.Module):
         in_ch = shape[-1]
         convs = []
         size = list(shape[:-1])
-        strides = stride if isinstance(stride, list) else [stride] * len(channels)
-        for out_ch, st in zip(channels, strides, strict=True):
+        for out_ch, st in zip(channels, conv_strides(channels, stride), strict=True):
             convs.append(
                 nnx.Conv(in_ch, out_ch, (kernel_size,) * spatial, strides=(st,) * spatial, padding="SAME", **kw)
             )

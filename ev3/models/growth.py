@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ev3 import models
+from ev3.models.cnn import conv_strides
 from ev3.models.mlp import hidden_widths
 from ev3.models.resnet import DEPTH_OFFSET, stage_blocks
 
@@ -40,8 +41,7 @@ def grown_config(model_config: dict) -> dict:
     if c["type"] == "mlp":
         c["depth"] += 1
     elif c["type"] == "cnn":
-        strides = c["stride"] if isinstance(c["stride"], list) else [c["stride"]] * len(c["channels"])
-        c["channels"], c["stride"] = [*c["channels"], c["channels"][-1]], [*strides, 1]
+        c = deepened_cnn_config(c, len(c["channels"]) - 1)
     elif c["type"] in ("resnet", "wrn"):
         c["extra_blocks"] = c.get("extra_blocks", 0) + 1
     else:
@@ -134,8 +134,7 @@ def deepened_cnn_config(model_config: dict, layer: int) -> dict:
     """CNN config with a stride-1 convolution of convolution ``layer``'s channels inserted after it."""
     channels = list(model_config["channels"])
     _check_index("layer", layer, len(channels))
-    stride = model_config["stride"]
-    strides = stride if isinstance(stride, list) else [stride] * len(channels)
+    strides = conv_strides(channels, model_config["stride"])
     return {**model_config, "channels": [*channels[: layer + 1], channels[layer], *channels[layer + 1 :]],
             "stride": [*strides[: layer + 1], 1, *strides[layer + 1 :]]}
 
