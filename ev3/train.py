@@ -183,9 +183,14 @@ def resume_store(spec, teacher, state_dir: str, log):
     the machine's ``device``/``gpus``, which do not change what a run computes) and the teacher's parameters."""
     from ev3.checkpoint import ResumeStore, fingerprint
 
+    return ResumeStore(state_dir, fingerprint(run_identity(spec), teacher), log=log)
+
+
+def run_identity(spec) -> dict:
+    """What a run computes: its spec minus the checkpoint cadence and the machine's ``device``/``gpus``."""
     identity = {k: v for k, v in vars(spec).items() if k not in ("device", "gpus")}
     identity["train"] = {k: v for k, v in spec.train.items() if k != "checkpoint_every"}
-    return ResumeStore(state_dir, fingerprint(identity, teacher), log=log)
+    return identity
 
 
 def compile_record(counter: Counter, resumed: dict) -> dict:
@@ -219,7 +224,8 @@ class Selection:
 class FitResult:
     """What :func:`fit` returns: the selected model, the final model (``method.model`` of the final state; of a
     population, the selected member), the evaluations (``history``), compute counters, the per-evaluation
-    tracked values and the method's final state (for its ``summary``)."""
+    tracked values, the method's final state (for its ``summary``) and, for a member of a seed group, the
+    group's shared times (``ev3.seedgroup``)."""
 
     selection: Selection
     final_state: object
@@ -227,6 +233,7 @@ class FitResult:
     compute: dict
     tracked: list = field(default_factory=list)
     state: object = None
+    shared: dict | None = None  # a seed group's job-wide times (``ev3.seedgroup``); None for a single run
 
     @property
     def selected_state(self):

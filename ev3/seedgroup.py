@@ -1,0 +1,271 @@
+"""Seed groups: S seeds of one (dataset, student, method) trained in one vmapped step.
+
+:func:`fit_vmapped` is :func:`ev3.train.fit` for several runs that differ only in their seed. Member ``s`` is
+the single-seed run of ``specs[s]``: its own initialisation (stream ``student_init``), batch order
+(``batch_order``), step keys and augmentation (``step``), drawn exactly as :class:`ev3.train.StepWork` draws
+them, so it equals ``fit(method, specs[s], ...)`` up to float reassociation (vmapped kernels). The step is
+:class:`~ev3.train.StepWork`'s own (``loop_step``, or its ``lax.scan`` of ``train.steps_per_call`` steps)
+under ``jax.vmap``; the data and the step index are shared by the members.
+
+Shared state: a state leaf that is the same array in every member's initial state and that the step passes
+through unchanged (a frozen KD teacher, MetaDistil's quiz split) is kept once, unbatched, so the teacher
+forward runs with one copy of its weights on each member's own batch; every other leaf (a MetaDistil
+teacher, which learns) is stacked along a leading member axis.
+
+Per seed, as a single run reports it: history, selection on ``val``, tracking, the NaN guard (the error names
+the seed), and the compute counters, whose steps and FLOPs are those of a single-seed run (the single-seed
+compiled step's XLA cost × steps, not the vmapped cost / S). The job's wall, training and compile times are
+split evenly between the seeds and marked shared: ``FitResult.shared`` holds ``{"seeds", "wall_s",
+"train_s", "compile_s"}`` of the whole job.
+
+Resume (``state_dir``): one checkpoint for the job (all members, their selections and bookkeeping), at the
+evaluations every ``train.checkpoint_every`` steps and at the end, identified by every member's spec and the
+teacher; a resumed group equals an uninterrupted one.
+
+Not supported in this mode (a ``ValueError``): ``ev3`` (host-driven rounds, per-seed architectures), ``tuned``
+(already a population) and any method whose unit of work is not :class:`~ev3.train.StepWork`; a FLOPs budget.
+
+Wiring (``ev3.run``): build the dataset and teacher once, call ``fit_vmapped(method, specs, data, teacher,
+state_dir=...)`` and write each seed's ``metrics.json``/``predictions.npz`` from its :class:`FitResult` exactly
+as ``ev3.run.run`` does for ``fit``'s result (``test_report``, ``method.summary``); the shared times may be
+recorded beside ``compute`` from ``result.shared``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ev3.rng import seed_key, stream
+from ev3.train import (
+    Counter, FitResult, NonFiniteError, RunContext, Selection, StepWork, _all_finite, accuracy, compile_record,
+    compute_counters, flops_budget, merge_compiles, on_flat_state, predict, run_identity,
+)
+
+UNSUPPORTED = {"ev3": "its rounds are host-driven and each seed grows its own architecture",
+               "tuned": "it already trains a population over its grid"}
+
+
+def check_group(method_type: str, specs: list) -> None:
+    """Raise ValueError unless ``specs`` (RunSpecs) can train as one vmapped seed group of ``method_type``."""
+    if method_type in UNSUPPORTED:
+        raise ValueError(f"seeds_per_job: mode vmap does not support method type {method_type!r} "
+                         f"({UNSUPPORTED[method_type]}); use mode sequential")
+    if not specs:
+        raise ValueError("a seed group needs at least one run spec")
+    seeds = [s.seed for s in specs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed group's seeds must be distinct: {seeds}")
+    base = {k: v for k, v in run_identity(specs[0]).items() if k != "seed"}
+    for s in specs[1:]:
+        other = {k: v for k, v in run_identity(s).items() if k != "seed"}
+        if other != base:
+            diff = sorted(k for k in set(base) | set(other) if base.get(k) != other.get(k))
+            raise ValueError(f"a seed group's runs may differ only in their seed; seed {s.seed} differs in {diff}")
+    if flops_budget(specs[0]) is not None:
+        raise ValueError("seeds_per_job: mode vmap does not support budget/flops")
+
+
+class _Layout:
+    """Which flat state leaves are shared (kept once) and which are per member (stacked on axis 0)."""
+
+    def __init__(self, member_leaves: list[list], forwarded: list[bool]):
+        first = member_leaves[0]
+        shared = [forwarded[k] and all(m[k] is first[k] for m in member_leaves) for k in range(len(first))]
+        self.shared_idx = [k for k, s in enumerate(shared) if s]
+        self.member_idx = [k for k, s in enumerate(shared) if not s]
+
+    def split(self, leaves: list) -> tuple[list, list]:
+        return [leaves[k] for k in self.member_idx], [leaves[k] for k in self.shared_idx]
+
+    def merge(self, member: list, shared: list) -> list:
+        leaves = [None] * (len(member) + len(shared))
+        for k, x in zip(self.member_idx, member):
+            leaves[k] = x
+        for k, x in zip(self.shared_idx, shared):
+            leaves[k] = x
+        return leaves
+
+    def vmapped(self, flat_fn, args_axes: tuple, outs_axes: tuple):
+        """``flat_fn(leaves, *args) -> (leaves, *outs)`` vmapped over the members: ``(member, shared, *args) ->
+        (member, *outs)``; ``args_axes``/``outs_axes``: vmap axes of the other arguments and outputs."""
+
+        def per_member(member, shared, *args):
+            leaves, *outs = flat_fn(self.merge(member, shared), *args)
+            return (self.split(leaves)[0], *outs)
+
+        return jax.vmap(per_member, in_axes=(0, None, *args_axes), out_axes=(0, *outs_axes))
+
+
+def _forwarded(flat_fn, leaves: list, *args) -> list[bool]:
+    """For each state leaf, whether ``flat_fn`` returns it unchanged (the same variable in its jaxpr)."""
+    closed = jax.make_jaxpr(flat_fn)(leaves, *args)
+    invars, outvars = closed.jaxpr.invars, closed.jaxpr.outvars
+    return [outvars[k] is invars[k] for k in range(len(leaves))]
+
+
+def fit_vmapped(method, specs: list, data, teacher, *, log=print, state_dir: str | None = None) -> list[FitResult]:
+    """Train the runs ``specs`` (equal but for their seeds) of ``method`` as one vmapped seed group; returns one
+    :class:`~ev3.train.FitResult` per spec, in order (see the module docstring)."""
+    check_group(specs[0].method_type, specs)
+    if method.work is not StepWork or method.population_size(specs[0]) is not None:
+        raise ValueError(f"seeds_per_job: mode vmap needs a method with a single-model step; {specs[0].method_type!r} is not one")
+    t_start = time.perf_counter()
+    n_seeds, spec = len(specs), specs[0]
+    counter = Counter()
+    ctx = RunContext(method, spec, data, teacher, counter, None, log)
+    base = StepWork(ctx)  # the single-seed step (its functions take the keys as arguments)
+    init_stream = "student_init" if spec.role == "student" else "teacher_init"
+    keys = [seed_key(s.seed) for s in specs]
+    states = [method.init(s, data, teacher, stream(k, init_stream)) for s, k in zip(specs, keys)]
+    base.units_per_call, units_per_call = 1, base.units_per_call
+    base.load(states[0], 0)  # compiles the single-seed step: its XLA cost is each seed's per-step FLOPs
+    base.units_per_call = units_per_call
+    treedef, i32 = base.treedef, np.int32
+    flat_leaves = [jax.tree.leaves(s) for s in states]
+    zero = jnp.float32(0.0)
+    perm0 = base.perm_c(base.order_key, i32(0))
+    forwarded = _forwarded(on_flat_state(base.loop_step, treedef), flat_leaves[0], zero, i32(0), base.train, perm0,
+                           base.step_key)
+    layout = _Layout(flat_leaves, forwarded)
+    shared = layout.split(flat_leaves[0])[1]
+    initial_member = [jnp.stack([m[k] for m in flat_leaves]) for k in layout.member_idx]
+    del states, flat_leaves
+    order_keys = jnp.stack([stream(k, "batch_order") for k in keys])
+    step_keys = jnp.stack([stream(k, "step") for k in keys])
+    zeros = jnp.zeros((n_seeds,), jnp.float32)
+
+    perm_c, _ = counter.compile("group_permutation", jax.vmap(base.permutation, in_axes=(0, None)), order_keys, i32(0))
+    step_fn = layout.vmapped(on_flat_state(base.loop_step, treedef), (0, None, None, 0, 0), (0, None))
+    step_c, _ = counter.compile("group_step", step_fn, initial_member, shared, zeros, jnp.int32(0), base.train,
+                                perm_c(order_keys, i32(0)), step_keys, donate_argnums=(0, 3))
+    finite_c, _ = counter.compile("group_all_finite", jax.vmap(_all_finite), initial_member)
+    chunks = {}
+
+    def chunk(length):
+        if length not in chunks:
+            fn = layout.vmapped(on_flat_state(base.steps(length), treedef), (0, None, None, 0, 0, 0), (0, None, 0))
+            chunks[length], _ = counter.compile(
+                f"group_steps{length}", fn, initial_member, shared, zeros, jnp.int32(0), base.train,
+                perm_c(order_keys, i32(0)), order_keys, step_keys, donate_argnums=(0, 3, 5))
+        return chunks[length]
+
+    units, eval_every, per_epoch = base.units, spec.train["eval_every"], base.per_epoch
+    if units_per_call > 1 and units >= units_per_call:
+        chunk(units_per_call)  # compiled before the loop's clock starts
+
+    def member_state(member, s):
+        return jax.tree.unflatten(treedef, layout.merge([x[s] for x in member], shared))
+
+    x_val, y_val = data.splits["val"]
+    x_test, y_test = data.splits["test"]
+    tag = f"[{spec.method} seeds {','.join(str(s.seed) for s in specs)}]"
+    histories, trackeds = [[] for _ in specs], [[] for _ in specs]
+    best: list[Selection | None] = [None] * n_seeds
+    selection_flops, train_s = [0.0] * n_seeds, 0.0
+    start, store, resumed = 0, None, {}
+    member = [jnp.copy(x) for x in initial_member]
+    if state_dir is not None:
+        from ev3.checkpoint import ResumeStore, fingerprint
+
+        checkpoint_every = spec.train.get("checkpoint_every", eval_every)
+        identity = {"seed_group": [run_identity(s) for s in specs]}
+        store = ResumeStore(state_dir, fingerprint(identity, teacher), log=log)
+        restored = store.restore({"members": initial_member, "best": [base.model_like({}) for _ in specs]})
+        if restored is not None:
+            start, trees, resumed = restored
+            member = [jnp.copy(x) for x in trees["members"]]
+            histories, trackeds = resumed["histories"], resumed["tracked"]
+            best = [Selection(b["val_accuracy"], b["student_steps"], None, m) for b, m in zip(resumed["best"], trees["best"])]
+            selection_flops, train_s = resumed["flops_selection"], resumed["train_s"]
+            t_start -= resumed["wall_s"]
+            log(f"{tag} resumed from step {start} ({state_dir})")
+
+    step_index, loss_sum, since, perm = jnp.int32(start), zeros, 0, None
+    next_eval = (start // eval_every + 1) * eval_every
+    last_checkpoint, i = start, start
+    t_loop = time.perf_counter()
+    while i < units:
+        count = max(1, min(units_per_call, units - i, next_eval - i))
+        epoch, j = divmod(i, per_epoch)
+        if perm is None or (count == 1 and j == 0):
+            perm = perm_c(order_keys, i32(epoch))
+        if count == 1:
+            member, loss_sum, step_index = step_c(member, shared, loss_sum, step_index, base.train, perm, step_keys)
+        else:
+            member, loss_sum, step_index, perm = chunk(count)(member, shared, loss_sum, step_index, base.train, perm,
+                                                              order_keys, step_keys)
+        i += count
+        since += count
+        last = i == units
+        if i < next_eval and not last:
+            continue
+        losses = np.asarray(loss_sum, np.float64) / since  # host sync
+        loss_sum, since = zeros, 0
+        train_s += time.perf_counter() - t_loop
+        finite = np.asarray(finite_c(member))
+        for s, spec_s in enumerate(specs):
+            if not (np.isfinite(losses[s]) and finite[s]):
+                raise NonFiniteError(f"{spec_s.method} seed{spec_s.seed}: non-finite training loss or parameters "
+                                     f"at step {i} (mean loss {losses[s]})")
+        wall = time.perf_counter() - t_start
+        for s in range(n_seeds):
+            state = member_state(member, s)
+            model = method.model(state)
+            val_logits, f = predict(counter, method.evaluate, model, x_val)
+            selection_flops[s] += f
+            test_logits, _ = predict(counter, method.evaluate, model, x_test)
+            val_acc = accuracy(val_logits, y_val)
+            histories[s].append({
+                "student_steps": i,
+                "flops": base.training_flops(i)[2] + selection_flops[s],
+                "wall_s": wall / n_seeds,
+                "train_loss": float(losses[s]),
+                "val_accuracy": val_acc,
+                "test_accuracy": accuracy(test_logits, y_test),
+            })
+            if best[s] is None or val_acc > best[s].val_accuracy:
+                best[s] = Selection(val_acc, i, None, jax.tree.map(jnp.copy, model))
+            values = method.track(state, data, counter, teacher)
+            if values is not None:
+                trackeds[s].append({"student_steps": i, **values})
+        log(f"{tag} {base.progress(i)} loss " + " ".join(f"{x:.4f}" for x in losses)
+            + " val " + " ".join(f"{h[-1]['val_accuracy']:.4f}" for h in histories))
+        while next_eval <= i:
+            next_eval += eval_every
+        if store is not None and (i // checkpoint_every > last_checkpoint // checkpoint_every or last):
+            meta = {
+                "histories": histories,
+                "tracked": trackeds,
+                "best": [{"val_accuracy": b.val_accuracy, "student_steps": b.student_steps} for b in best],
+                "flops_selection": selection_flops,
+                "train_s": train_s,
+                "wall_s": time.perf_counter() - t_start,
+                **compile_record(counter, resumed),
+            }
+            store.save(i, {"members": member, "best": [b.model for b in best]}, meta)
+            last_checkpoint = i
+        t_loop = time.perf_counter()
+    if store is not None:
+        store.close()
+        merge_compiles(counter, resumed)
+
+    wall = time.perf_counter() - t_start
+    forwards, backwards = method.teacher_passes(spec)
+    flops_student, flops_teacher, _ = base.training_flops(units)
+    shared_times = {"seeds": [s.seed for s in specs], "wall_s": wall, "train_s": train_s, "compile_s": counter.compile_s}
+    counter.compile_s /= n_seeds  # each seed's share
+    results = []
+    for s in range(n_seeds):
+        compute = compute_counters(
+            counter, student_steps=units, teacher_forwards=units * forwards, teacher_backwards=units * backwards,
+            flops_student=flops_student, flops_teacher=flops_teacher, flops_selection=selection_flops[s],
+            wall_s=wall / n_seeds, train_s=train_s / n_seeds,
+        )
+        state = member_state(member, s)
+        results.append(FitResult(best[s], method.model(state), histories[s], compute, trackeds[s], state,
+                                 shared=shared_times))
+    return results
