@@ -107,6 +107,90 @@ def _forwarded(flat_fn, leaves: list, *args) -> list[bool]:
     return [outvars[k] is invars[k] for k in range(len(leaves))]
 
 
+class SeedGroup:
+    """The vmapped unit of work of a seed group (the members' :class:`~ev3.train.StepWork` steps in one call).
+
+    ``member``: the per-member state leaves, stacked on axis 0 (``layout.member_idx``); ``shared``: the leaves
+    kept once; ``base``: the single-seed :class:`~ev3.train.StepWork` of ``specs[0]`` (its step compiled: its
+    XLA cost is each seed's per-step FLOPs, ``base.training_flops``). :meth:`advance` runs steps ``index`` …
+    ``index + count - 1`` of every member in one compiled call (``count`` > 1: the vmapped ``lax.scan``)."""
+
+    def __init__(self, method, specs: list, data, teacher, counter: Counter, log=print):
+        self.specs, self.n_seeds, spec = specs, len(specs), specs[0]
+        self.counter = counter
+        self.base = base = StepWork(RunContext(method, spec, data, teacher, counter, None, log))
+        init_stream = "student_init" if spec.role == "student" else "teacher_init"
+        keys = [seed_key(s.seed) for s in specs]
+        states = [method.init(s, data, teacher, stream(k, init_stream)) for s, k in zip(specs, keys)]
+        base.units_per_call, self.units_per_call = 1, base.units_per_call
+        base.load(states[0], 0)  # compiles the single-seed step
+        base.units_per_call = self.units_per_call
+        self.treedef, i32 = base.treedef, np.int32
+        flat_leaves = [jax.tree.leaves(s) for s in states]
+        perm0 = base.perm_c(base.order_key, i32(0))
+        forwarded = _forwarded(on_flat_state(base.loop_step, self.treedef), flat_leaves[0], jnp.float32(0.0), i32(0),
+                               base.train, perm0, base.step_key)
+        self.layout = layout = _Layout(flat_leaves, forwarded)
+        self.shared = layout.split(flat_leaves[0])[1]
+        self.initial = [jnp.stack([m[k] for m in flat_leaves]) for k in layout.member_idx]
+        self.order_keys = jnp.stack([stream(k, "batch_order") for k in keys])
+        self.step_keys = jnp.stack([stream(k, "step") for k in keys])
+        self.zeros = jnp.zeros((self.n_seeds,), jnp.float32)
+        self.perm_c, _ = counter.compile("group_permutation", jax.vmap(base.permutation, in_axes=(0, None)),
+                                         self.order_keys, i32(0))
+        step_fn = layout.vmapped(on_flat_state(base.loop_step, self.treedef), (0, None, None, 0, 0), (0, None))
+        self.step_c, _ = counter.compile("group_step", step_fn, self.initial, self.shared, self.zeros, jnp.int32(0),
+                                         base.train, self.perm_c(self.order_keys, i32(0)), self.step_keys,
+                                         donate_argnums=(0, 3))
+        self.finite_c, _ = counter.compile("group_all_finite", jax.vmap(_all_finite), self.initial)
+        self.chunks = {}
+        if self.units_per_call > 1 and base.units >= self.units_per_call:
+            self.chunk(self.units_per_call)  # compiled before the loop's clock starts
+        self.load(self.initial, 0)
+
+    def chunk(self, length: int):
+        """The compiled vmapped scan of ``length`` steps (compiled on first use)."""
+        if length not in self.chunks:
+            fn = self.layout.vmapped(on_flat_state(self.base.steps(length), self.treedef), (0, None, None, 0, 0, 0),
+                                     (0, None, 0))
+            self.chunks[length], _ = self.counter.compile(
+                f"group_steps{length}", fn, self.initial, self.shared, self.zeros, jnp.int32(0), self.base.train,
+                self.perm_c(self.order_keys, np.int32(0)), self.order_keys, self.step_keys, donate_argnums=(0, 3, 5))
+        return self.chunks[length]
+
+    def load(self, member: list, units_done: int) -> None:
+        """Take ``member`` (stacked leaves) as the members' state after ``units_done`` steps (copied: donated)."""
+        self.member = [jnp.copy(x) for x in member]
+        self.step_index, self.loss_sum, self.since, self.perm = jnp.int32(units_done), self.zeros, 0, None
+
+    def advance(self, index: int, count: int = 1) -> None:
+        epoch, j = divmod(index, self.base.per_epoch)
+        if self.perm is None or (count == 1 and j == 0):
+            self.perm = self.perm_c(self.order_keys, np.int32(epoch))
+        if count == 1:
+            self.member, self.loss_sum, self.step_index = self.step_c(
+                self.member, self.shared, self.loss_sum, self.step_index, self.base.train, self.perm, self.step_keys)
+        else:
+            self.member, self.loss_sum, self.step_index, self.perm = self.chunk(count)(
+                self.member, self.shared, self.loss_sum, self.step_index, self.base.train, self.perm,
+                self.order_keys, self.step_keys)
+        self.since += count
+
+    def train_losses(self) -> np.ndarray:
+        """Each member's mean training loss since the last call (S,) (host sync)."""
+        losses = np.asarray(self.loss_sum, np.float64) / self.since
+        self.loss_sum, self.since = self.zeros, 0
+        return losses
+
+    def finite(self) -> np.ndarray:
+        """Whether each member's state is finite (S,) bool."""
+        return np.asarray(self.finite_c(self.member))
+
+    def member_state(self, s: int):
+        """Member ``s``'s method state (a pytree as a single run holds it)."""
+        return jax.tree.unflatten(self.treedef, self.layout.merge([x[s] for x in self.member], self.shared))
+
+
 def fit_vmapped(method, specs: list, data, teacher, *, log=print, state_dir: str | None = None) -> list[FitResult]:
     """Train the runs ``specs`` (equal but for their seeds) of ``method`` as one vmapped seed group; returns one
     :class:`~ev3.train.FitResult` per spec, in order (see the module docstring)."""
@@ -116,49 +200,9 @@ def fit_vmapped(method, specs: list, data, teacher, *, log=print, state_dir: str
     t_start = time.perf_counter()
     n_seeds, spec = len(specs), specs[0]
     counter = Counter()
-    ctx = RunContext(method, spec, data, teacher, counter, None, log)
-    base = StepWork(ctx)  # the single-seed step (its functions take the keys as arguments)
-    init_stream = "student_init" if spec.role == "student" else "teacher_init"
-    keys = [seed_key(s.seed) for s in specs]
-    states = [method.init(s, data, teacher, stream(k, init_stream)) for s, k in zip(specs, keys)]
-    base.units_per_call, units_per_call = 1, base.units_per_call
-    base.load(states[0], 0)  # compiles the single-seed step: its XLA cost is each seed's per-step FLOPs
-    base.units_per_call = units_per_call
-    treedef, i32 = base.treedef, np.int32
-    flat_leaves = [jax.tree.leaves(s) for s in states]
-    zero = jnp.float32(0.0)
-    perm0 = base.perm_c(base.order_key, i32(0))
-    forwarded = _forwarded(on_flat_state(base.loop_step, treedef), flat_leaves[0], zero, i32(0), base.train, perm0,
-                           base.step_key)
-    layout = _Layout(flat_leaves, forwarded)
-    shared = layout.split(flat_leaves[0])[1]
-    initial_member = [jnp.stack([m[k] for m in flat_leaves]) for k in layout.member_idx]
-    del states, flat_leaves
-    order_keys = jnp.stack([stream(k, "batch_order") for k in keys])
-    step_keys = jnp.stack([stream(k, "step") for k in keys])
-    zeros = jnp.zeros((n_seeds,), jnp.float32)
-
-    perm_c, _ = counter.compile("group_permutation", jax.vmap(base.permutation, in_axes=(0, None)), order_keys, i32(0))
-    step_fn = layout.vmapped(on_flat_state(base.loop_step, treedef), (0, None, None, 0, 0), (0, None))
-    step_c, _ = counter.compile("group_step", step_fn, initial_member, shared, zeros, jnp.int32(0), base.train,
-                                perm_c(order_keys, i32(0)), step_keys, donate_argnums=(0, 3))
-    finite_c, _ = counter.compile("group_all_finite", jax.vmap(_all_finite), initial_member)
-    chunks = {}
-
-    def chunk(length):
-        if length not in chunks:
-            fn = layout.vmapped(on_flat_state(base.steps(length), treedef), (0, None, None, 0, 0, 0), (0, None, 0))
-            chunks[length], _ = counter.compile(
-                f"group_steps{length}", fn, initial_member, shared, zeros, jnp.int32(0), base.train,
-                perm_c(order_keys, i32(0)), order_keys, step_keys, donate_argnums=(0, 3, 5))
-        return chunks[length]
-
-    units, eval_every, per_epoch = base.units, spec.train["eval_every"], base.per_epoch
-    if units_per_call > 1 and units >= units_per_call:
-        chunk(units_per_call)  # compiled before the loop's clock starts
-
-    def member_state(member, s):
-        return jax.tree.unflatten(treedef, layout.merge([x[s] for x in member], shared))
+    group = SeedGroup(method, specs, data, teacher, counter, log)
+    base, units_per_call = group.base, group.units_per_call
+    units, eval_every = base.units, spec.train["eval_every"]
 
     x_val, y_val = data.splits["val"]
     x_test, y_test = data.splits["test"]
@@ -167,53 +211,42 @@ def fit_vmapped(method, specs: list, data, teacher, *, log=print, state_dir: str
     best: list[Selection | None] = [None] * n_seeds
     selection_flops, train_s = [0.0] * n_seeds, 0.0
     start, store, resumed = 0, None, {}
-    member = [jnp.copy(x) for x in initial_member]
     if state_dir is not None:
         from ev3.checkpoint import ResumeStore, fingerprint
 
         checkpoint_every = spec.train.get("checkpoint_every", eval_every)
         identity = {"seed_group": [run_identity(s) for s in specs]}
         store = ResumeStore(state_dir, fingerprint(identity, teacher), log=log)
-        restored = store.restore({"members": initial_member, "best": [base.model_like({}) for _ in specs]})
+        restored = store.restore({"members": group.initial, "best": [base.model_like({}) for _ in specs]})
         if restored is not None:
             start, trees, resumed = restored
-            member = [jnp.copy(x) for x in trees["members"]]
+            group.load(trees["members"], start)
             histories, trackeds = resumed["histories"], resumed["tracked"]
             best = [Selection(b["val_accuracy"], b["student_steps"], None, m) for b, m in zip(resumed["best"], trees["best"])]
             selection_flops, train_s = resumed["flops_selection"], resumed["train_s"]
             t_start -= resumed["wall_s"]
             log(f"{tag} resumed from step {start} ({state_dir})")
 
-    step_index, loss_sum, since, perm = jnp.int32(start), zeros, 0, None
     next_eval = (start // eval_every + 1) * eval_every
     last_checkpoint, i = start, start
     t_loop = time.perf_counter()
     while i < units:
         count = max(1, min(units_per_call, units - i, next_eval - i))
-        epoch, j = divmod(i, per_epoch)
-        if perm is None or (count == 1 and j == 0):
-            perm = perm_c(order_keys, i32(epoch))
-        if count == 1:
-            member, loss_sum, step_index = step_c(member, shared, loss_sum, step_index, base.train, perm, step_keys)
-        else:
-            member, loss_sum, step_index, perm = chunk(count)(member, shared, loss_sum, step_index, base.train, perm,
-                                                              order_keys, step_keys)
+        group.advance(i, count)
         i += count
-        since += count
         last = i == units
         if i < next_eval and not last:
             continue
-        losses = np.asarray(loss_sum, np.float64) / since  # host sync
-        loss_sum, since = zeros, 0
+        losses = group.train_losses()  # host sync
         train_s += time.perf_counter() - t_loop
-        finite = np.asarray(finite_c(member))
+        finite = group.finite()
         for s, spec_s in enumerate(specs):
             if not (np.isfinite(losses[s]) and finite[s]):
                 raise NonFiniteError(f"{spec_s.method} seed{spec_s.seed}: non-finite training loss or parameters "
                                      f"at step {i} (mean loss {losses[s]})")
         wall = time.perf_counter() - t_start
         for s in range(n_seeds):
-            state = member_state(member, s)
+            state = group.member_state(s)
             model = method.model(state)
             val_logits, f = predict(counter, method.evaluate, model, x_val)
             selection_flops[s] += f
@@ -246,7 +279,7 @@ def fit_vmapped(method, specs: list, data, teacher, *, log=print, state_dir: str
                 "wall_s": time.perf_counter() - t_start,
                 **compile_record(counter, resumed),
             }
-            store.save(i, {"members": member, "best": [b.model for b in best]}, meta)
+            store.save(i, {"members": group.member, "best": [b.model for b in best]}, meta)
             last_checkpoint = i
         t_loop = time.perf_counter()
     if store is not None:
@@ -265,7 +298,7 @@ def fit_vmapped(method, specs: list, data, teacher, *, log=print, state_dir: str
             flops_student=flops_student, flops_teacher=flops_teacher, flops_selection=selection_flops[s],
             wall_s=wall / n_seeds, train_s=train_s / n_seeds,
         )
-        state = member_state(member, s)
+        state = group.member_state(s)
         results.append(FitResult(best[s], method.model(state), histories[s], compute, trackeds[s], state,
                                  shared=shared_times))
     return results
