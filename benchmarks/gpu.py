@@ -44,6 +44,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -66,15 +67,15 @@ def settings(size: dict) -> list[dict]:
     base = {"framework": "jax", "batch": size["batch"], "dtype": "float32", "steps_per_call": 1, "seeds": 1}
     s1, s2 = size["groups"]
     return [
-        {"name": "base", **base},
-        {"name": f"batch{size['big_batch']}", **base, "batch": size["big_batch"]},
-        {"name": "bf16", **base, "dtype": "bfloat16"},
-        {"name": f"spc{size['steps_per_call']}", **base, "steps_per_call": size["steps_per_call"]},
-        {"name": f"seeds{s1}", **base, "seeds": s1},
-        {"name": f"seeds{s2}", **base, "seeds": s2},
-        {"name": f"torch-eager-{size['batch']}", **base, "framework": "torch"},
-        {"name": f"torch-eager-{size['big_batch']}", **base, "framework": "torch", "batch": size["big_batch"]},
-        {"name": f"torch-compile-{size['batch']}", **base, "framework": "torch-compile"},
+        {"setting": "base", **base},
+        {"setting": f"batch{size['big_batch']}", **base, "batch": size["big_batch"]},
+        {"setting": "bf16", **base, "dtype": "bfloat16"},
+        {"setting": f"spc{size['steps_per_call']}", **base, "steps_per_call": size["steps_per_call"]},
+        {"setting": f"seeds{s1}", **base, "seeds": s1},
+        {"setting": f"seeds{s2}", **base, "seeds": s2},
+        {"setting": f"torch-eager-{size['batch']}", **base, "framework": "torch"},
+        {"setting": f"torch-eager-{size['big_batch']}", **base, "framework": "torch", "batch": size["big_batch"]},
+        {"setting": f"torch-compile-{size['batch']}", **base, "framework": "torch-compile"},
     ]
 
 
@@ -196,7 +197,6 @@ def run_jax(size: dict, setting: dict, data, cap: float) -> dict:
 
     blocks, block_steps = time_blocks(call, lambda: jax.block_until_ready(leaves()), spc, started, cap)
     loss = float(np.mean(np.asarray(work.loss_sum))) / max(work.since, 1)
-    del work, teacher, net
     return {"compile_s": compile_s, "blocks_s": blocks, "block_steps": block_steps, "mean_loss": loss}
 
 
@@ -317,9 +317,6 @@ def run_torch(size: dict, setting: dict, cap: float) -> dict:
     compile_s = time.perf_counter() - t0
     blocks, block_steps = time_blocks(call, sync, 1, started, cap)
     loss = float(state["loss"]) / state["step"]
-    del student, teacher, opt, x_all, y_all
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {"compile_s": compile_s, "blocks_s": blocks, "block_steps": block_steps, "mean_loss": loss,
             "torch_device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
 
@@ -346,10 +343,10 @@ def summarize(size: dict, setting: dict, timing: dict) -> dict:
 
 def print_row(row: dict) -> None:
     if row.get("skipped"):
-        print(f"{row['name']:>16} | skipped: {row['skipped']}", flush=True)
+        print(f"{row['setting']:>16} | skipped: {row['skipped']}", flush=True)
         return
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    print(f"{row['name']:>16} | {row['framework']:>13} | {row['batch']:5d} | {row['dtype']:>8} | {row['steps_per_call']:4d} |"
+    print(f"{row['setting']:>16} | {row['framework']:>13} | {row['batch']:5d} | {row['dtype']:>8} | {row['steps_per_call']:4d} |"
           f" {row['seeds']:5d} | {fmt(row['compile_s'], '8.1f')} | {fmt(row['step_ms'], '8.2f')} |"
           f" {fmt(row['images_per_s'], '9.0f')} | {fmt(row['projected_240_epochs_min'], '9.1f')} |"
           f" {fmt(row['projected_240_epochs_per_seed_min'], '9.1f')} | {len(row['blocks_s'])}", flush=True)
@@ -369,7 +366,7 @@ def main(argv=None) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "smoke": args.smoke}
     print("versions: " + " ".join(f"{k} {v}" for k, v in info["versions"].items()), flush=True)
     print(f"device: {info['device']} ({info['devices']} visible)", flush=True)
-    chosen = [s for s in settings(size) if not args.only or s["name"] in args.only]
+    chosen = [s for s in settings(size) if not args.only or s["setting"] in args.only]
     has_torch = info["versions"]["torch"] is not None
     if not has_torch and any(s["framework"] != "jax" for s in chosen):
         print("PyTorch rows skipped: torch is not installed", flush=True)
@@ -386,6 +383,7 @@ def main(argv=None) -> int:
                 timing = run_jax(size, setting, data, cap) if setting["framework"] == "jax" else run_torch(size, setting, cap)
                 row = summarize(size, setting, timing)
             except Exception as e:  # one setting failing (e.g. out of memory) must not lose the others
+                traceback.print_exc()
                 row = {**setting, "skipped": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"}
         row = {"benchmark": "gpu", **row, "workload": {k: v for k, v in size.items() if k != "cap"}, "cap_s": cap, **info}
         print_row(row)
@@ -394,8 +392,7 @@ def main(argv=None) -> int:
         if args.record:
             record("gpu", **{k: v for k, v in row.items() if k not in ("benchmark", "date", "versions")},
                    all_versions=info["versions"])
-        jax.clear_caches()
-        gc.collect()
+        gc.collect()  # the setting's arrays (compiled kernels stay cached: small, and shared by later settings)
     return 0
 
 

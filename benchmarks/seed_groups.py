@@ -27,7 +27,6 @@ from ev3.cli import limit_threads  # noqa: E402
 limit_threads(1)  # before JAX is imported
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 from benchmarks.common import interleaved_times, record  # noqa: E402
 from ev3 import methods, models  # noqa: E402

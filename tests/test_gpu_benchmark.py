@@ -48,7 +48,7 @@ def test_versions_and_device_come_first(smoke):
 
 def test_one_consistent_row_per_setting(smoke):
     _, rows = smoke
-    assert [r["name"] for r in rows] == JAX_SETTINGS + TORCH_SETTINGS
+    assert [r["setting"] for r in rows] == JAX_SETTINGS + TORCH_SETTINGS
     for r in rows[: len(JAX_SETTINGS)]:
         assert "skipped" not in r, r.get("skipped")
         assert r["benchmark"] == "gpu" and r["device"].startswith("cpu") and r["versions"]["jax"]
@@ -64,14 +64,14 @@ def test_one_consistent_row_per_setting(smoke):
         assert r["block_steps"] % r["steps_per_call"] == 0
         # a KD loss (0.9·T²·KL + 0.1·CE over 100 classes) of an untrained student: positive and finite
         assert 0 < r["mean_loss"] < 100
-    by_name = {r["name"]: r for r in rows}
+    by_name = {r["setting"]: r for r in rows}
     assert (by_name["batch32"]["batch"], by_name["bf16"]["dtype"], by_name["spc4"]["steps_per_call"],
             by_name["seeds4"]["seeds"]) == (32, "bfloat16", 4, 4)
 
 
 def test_pytorch_rows_are_skipped_and_said_so_without_torch(smoke):
     lines, rows = smoke
-    torch_rows = [r for r in rows if r["name"] in TORCH_SETTINGS]
+    torch_rows = [r for r in rows if r["setting"] in TORCH_SETTINGS]
     if importlib.util.find_spec("torch") is None:
         assert "PyTorch rows skipped: torch is not installed" in lines
         assert all(r["skipped"] == "torch is not installed" for r in torch_rows)
