@@ -18,7 +18,8 @@ Settings, one factor varied at a time from ``base`` (batch 64, float32, steps_pe
 ``batch512``, ``bf16`` (student and teacher compute in bfloat16), ``spc100`` (100 steps per compiled call),
 ``seeds8`` and ``seeds32`` (seed groups), and PyTorch on the same device with the same architectures
 (``torch-eager-64``, ``torch-eager-512``, ``torch-compile-64``: ``torch.compile`` of the forward passes and
-loss; backward and the optimizer step eager). The PyTorch step samples, crops and flips the batch on the
+loss; backward and the optimizer step eager; the script checks that each PyTorch model has our model's
+parameter count). The PyTorch step samples, crops and flips the batch on the
 device as ours does, and is not made to sync with the host at each step (which the PyTorch KD suites do, for
 their loss logging and DataLoader), so it is timed at its best.
 
@@ -111,9 +112,12 @@ def device_name() -> str:
 
 def time_blocks(call, sync, steps_per_call: int, started: float, cap: float) -> tuple[list[float], int]:
     """Seconds of each timed block and steps per block. ``call()`` runs ``steps_per_call`` steps (asynchronously);
-    ``sync()`` waits for the device. One call sizes the blocks: the time left before ``cap`` (``started``: the
-    setting's start, compile included) split into a warm-up block and ``MAX_BLOCKS`` blocks, at least one call
+    ``sync()`` waits for the device. Three warm-up calls, then one call sizes the blocks: the time left before
+    ``cap`` (``started``: the setting's start, compile included) split into a warm-up block and ``MAX_BLOCKS`` blocks, at least one call
     each; then the warm-up and blocks until ``MAX_BLOCKS`` or the cap, but always ``BLOCKS``."""
+    for _ in range(3):  # warm-up before the sizing call (cuDNN autotuning, allocators, thread pools)
+        call()
+    sync()
     t0 = time.perf_counter()
     call()
     sync()
@@ -259,6 +263,8 @@ def run_torch(size: dict, setting: dict, cap: float) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from ev3 import models
+
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
@@ -268,6 +274,11 @@ def run_torch(size: dict, setting: dict, cap: float) -> dict:
     y_all = torch.randint(0, 100, (n,), device=device, generator=gen)
     student = torch_model(size["student"], 100).to(device).train()
     teacher = torch_model(size["teacher"], 100).to(device).eval()
+    for config, net in ((size["student"], student), (size["teacher"], teacher)):  # the same architectures as ours
+        ours = models.param_count(models.build(config, (32, 32, 3), 100, jax.random.key(0)).params)
+        theirs = sum(p.numel() for p in net.parameters())
+        if ours != theirs:
+            raise RuntimeError(f"PyTorch mirror of {config} has {theirs} parameters, ours {ours}")
     for p in teacher.parameters():
         p.requires_grad_(False)
     opt = torch.optim.SGD(student.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
