@@ -113,8 +113,9 @@ def device_name() -> str:
 def time_blocks(call, sync, steps_per_call: int, started: float, cap: float) -> tuple[list[float], int]:
     """Seconds of each timed block and steps per block. ``call()`` runs ``steps_per_call`` steps (asynchronously);
     ``sync()`` waits for the device. Three warm-up calls, then one call sizes the blocks: the time left before
-    ``cap`` (``started``: the setting's start, compile included) split into a warm-up block and ``MAX_BLOCKS`` blocks, at least one call
-    each; then the warm-up and blocks until ``MAX_BLOCKS`` or the cap, but always ``BLOCKS``."""
+    ``cap`` (``started``: the setting's start, compile included) split into a warm-up block and ``MAX_BLOCKS``
+    blocks, at least one call each; then the warm-up and blocks until ``MAX_BLOCKS`` or the cap, but always
+    ``BLOCKS``."""
     for _ in range(3):  # warm-up before the sizing call (cuDNN autotuning, allocators, thread pools)
         call()
     sync()
