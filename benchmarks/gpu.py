@@ -37,13 +37,16 @@ says that they are skipped).
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import datetime
 import gc
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 
@@ -384,6 +387,12 @@ def main(argv=None) -> int:
         print("PyTorch rows skipped: torch is not installed", flush=True)
     print(f"{'setting':>16} | {'framework':>13} | {'batch':>5} | {'dtype':>8} | {'spc':>4} | {'seeds':>5} | {'compile s':>8} |"
           f" {'ms/step':>8} | {'images/s':>9} | {'240ep min':>9} | {'/seed min':>9} | blocks", flush=True)
+    # A persistent compilation cache for this run only: a seed group's single-seed step (its per-seed FLOPs) is
+    # the base setting's step, compiled once.
+    cache = tempfile.mkdtemp(prefix="ev3-gpu-bench-")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     data = synthetic_data(size["images"]) if any(s["framework"] == "jax" for s in chosen) else None
     from benchmarks.common import record
 
