@@ -410,7 +410,7 @@ def main(argv=None) -> int:
         print_row(row)
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
-        if args.record:
+        if args.record and not row.get("skipped"):
             record("gpu", **{k: v for k, v in row.items() if k not in ("benchmark", "date", "versions")},
                    all_versions=info["versions"])
         gc.collect()  # the setting's arrays (compiled kernels stay cached: small, and shared by later settings)
