@@ -6,7 +6,7 @@
 Needs only the bare stack (jax, flax, optax, numpy; torch optional): no installs, no network. It prints the
 versions and the device first, then one table row per setting as soon as it finishes, and appends that row
 to ``--out`` (JSON lines, with device, versions and date) at once, so a run cut short still leaves results;
-``--record`` also appends the rows to ``benchmarks/results.jsonl``.
+``--record`` also appends the measured rows to ``benchmarks/results.jsonl``.
 
 Workload (``config/cifar100.yaml``'s recipe): CIFAR-100 shapes (32×32×3, 100 classes), 45,000 synthetic
 images resident on the device, the project's crop+flip augmentation (padding 4) and epoch permutations on

@@ -22,8 +22,10 @@ Resume (``state_dir``): one checkpoint for the job (all members, their selection
 evaluations every ``train.checkpoint_every`` steps and at the end, identified by every member's spec and the
 teacher; a resumed group equals an uninterrupted one.
 
-Not supported in this mode (a ``ValueError``): ``ev3`` (host-driven rounds, per-seed architectures), ``tuned``
-(already a population) and any method whose unit of work is not :class:`~ev3.train.StepWork`; a FLOPs budget.
+Not supported in this mode (a ``ValueError`` from :func:`check_group`, which config validation can call before
+any job starts; ``UNSUPPORTED`` names the method types and why): ``ev3`` (host-driven rounds, per-seed
+architectures), ``tuned`` (already a population) and any method whose unit of work is not
+:class:`~ev3.train.StepWork`; a FLOPs budget. A group trains on one device (no data parallelism).
 
 Wiring (``ev3.run``): build the dataset and teacher once, call ``fit_vmapped(method, specs, data, teacher,
 state_dir=...)`` and write each seed's ``metrics.json``/``predictions.npz`` from its :class:`FitResult` exactly
