@@ -1,6 +1,7 @@
 """EV3 as a benchmark method: budget accounting, safety of the gate, growth in the loop, determinism."""
 
 import os
+import re
 
 import jax
 import numpy as np
@@ -43,8 +44,9 @@ def test_budget_counts_every_candidate_step_and_logs_every_decision(smoke_config
     assert result.compute["flops_student"] > 0 and result.compute["flops_selection"] > 0
     assert len(ev["decisions"]) == o["iterations"] == ev["accepted"] + ev["rejected"]
     d = ev["decisions"][0]
-    assert {"iteration", "candidate", "family", "loss", "optimizer", "accepted", "stable_moved", "objectives"} <= set(d)
-    assert set(d["objectives"]) == {"accuracy", "nll"}
+    assert {"iteration", "candidate", "family", "loss", "optimizer", "winner", "accepted", "stable_moved", "rolled_back",
+            "objectives"} <= set(d)
+    assert d["rule"] == "reference" and set(d["objectives"]) == {"accuracy"}  # the reference reads the first objective
     assert result.history[-1]["student_steps"] == result.compute["student_steps"]
 
 
@@ -71,7 +73,7 @@ def test_the_gate_keeps_harmful_candidates_out(smoke_config, data_dir, mnist1d, 
 
 
 def test_growth_happens_inside_the_loop_and_training_continues(smoke_config, data_dir, mnist1d, teacher):
-    spec = _spec(smoke_config, data_dir, iterations=6, growth={"patience": 1, "max_size": 3},
+    spec = _spec(smoke_config, data_dir, "ev3-paired", iterations=6, growth={"patience": 1, "max_size": 3},
                  objectives=[{"metric": "accuracy", "margin": 0.0}], confidence=0.999999)
     result = fit(methods.get("ev3"), spec, mnist1d, teacher, log=NOLOG)
     ev = methods.get("ev3").summary(result)
@@ -86,6 +88,22 @@ def test_same_seed_gives_identical_decisions(smoke_config, data_dir, mnist1d, te
     a = methods.get("ev3").summary(fit(methods.get("ev3"), spec, mnist1d, teacher, log=NOLOG))
     b = methods.get("ev3").summary(fit(methods.get("ev3"), spec, mnist1d, teacher, log=NOLOG))
     assert a["decisions"] == b["decisions"]
+
+
+@pytest.mark.parametrize("instance, key, value, message", [
+    ("ev3", "confidence", 0.9, "methods/ev3/confidence: read only by decide.rule 'paired'"),
+    ("ev3-no-gate", "objectives", [{"metric": "accuracy", "margin": 0.0}], "methods/ev3-no-gate/objectives/0/margin: read only"),
+    ("ev3-no-gate", "decide", {"rule": "always", "alpha": 1.0}, "methods/ev3-no-gate/decide/alpha: read only by decide.rule 'reference'"),
+    ("ev3-paired", "objectives", [{"metric": "accuracy"}], "methods/ev3-paired/objectives/0/margin: required by decide.rule 'paired'"),
+    ("ev3", "decide", {"rule": "gated"}, "methods/ev3/decide/rule:"),
+    ("ev3", "gate", True, "methods/ev3/gate:"),
+])
+def test_keys_of_another_decide_rule_are_config_errors(smoke_config, instance, key, value, message):
+    from ev3.config import ConfigError
+
+    smoke_config["methods"][instance][key] = value
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        validate(smoke_config)
 
 
 def test_ev3_options_are_validated(smoke_config):
@@ -108,7 +126,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result_across_growth(sm
     """Stopped after an iteration's evaluation (before its checkpoint), two iterations after the student first
     grew (read off the uninterrupted run): the rerun rebuilds the grown student from the previous iteration's
     checkpoint and ends bit-identical (params, decisions, history, compute counters) to an uninterrupted run."""
-    spec = _spec(smoke_config, data_dir, iterations=7, growth={"patience": 1, "max_size": 4},
+    spec = _spec(smoke_config, data_dir, "ev3-paired", iterations=7, growth={"patience": 1, "max_size": 4},
                  objectives=[{"metric": "accuracy", "margin": 0.0}], confidence=0.999999)
     ev3 = methods.get("ev3")
     reference = fit(ev3, spec, mnist1d, teacher, log=NOLOG)
@@ -129,7 +147,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result_across_growth(sm
     assert sorted(int(n) for n in os.listdir(state) if n.isdigit()) == [(stop - 2) * per_iteration, (stop - 1) * per_iteration]
     logs = []
     result = fit(ev3, spec, mnist1d, teacher, log=logs.append, state_dir=str(state))
-    assert f"[ev3 seed0] resumed from step {(stop - 1) * per_iteration} ({state})" in logs
+    assert f"[ev3-paired seed0] resumed from step {(stop - 1) * per_iteration} ({state})" in logs
 
     la, lb = jax.tree.leaves(result.selected_state.student.params), jax.tree.leaves(reference.selected_state.student.params)
     assert len(la) == len(lb) > 0 and all(np.array_equal(x, y) for x, y in zip(la, lb))

@@ -8,11 +8,15 @@ Each iteration, from the current student:
    compiled call (``ev3.protocol.explore``).
 2. **Assess** — every candidate is scored per sample on a fresh random subset of the *assess* half of ``meta``;
    the pick is the best lower confidence bound (mean − α·stderr) on the first objective.
-3. **Adapt** — on the disjoint *decide* half of ``meta``, the pick is compared with the current model and the
-   stable checkpoint by paired tests with prioritized objectives (``ev3.protocol.adapt``). The current model
-   moves on a win (always, with ``gate: false``); the stable checkpoint moves only on a significant win over
-   it. With ``gate: false`` there is no safety net: the stable checkpoint is the current model.
-4. **Grow** — after ``growth.patience`` consecutive decisions without a win, the current model gets one more
+3. **Decide** — on the disjoint *decide* half of ``meta``, by ``decide.rule``: ``reference`` (default; the EV3
+   reference, :func:`ev3.protocol.adapt.reference_decision` on the first objective): the current model θ ← the
+   highest lower confidence bound (``decide.alpha``, default 1.96) of {pick, θ, stable θ_s} (ties in that order:
+   θ may roll back to θ_s), θ_s ← θ's new value when its lower bound exceeds θ_s's upper bound; ``paired``
+   (:func:`ev3.protocol.adapt.adapt`): θ moves to the pick on a significant paired win over θ, θ_s on one over
+   θ_s, prioritized objectives with margins at ``confidence``; ``always``: θ ← the pick and θ_s = θ, no decide
+   stage. A round is *significant* when θ_s moved (never under ``always``).
+4. **Grow** — after ``growth.patience`` consecutive rounds that are not significant (``paired``: without a win
+   over θ), the current model gets one more
    identity-initialized layer (``ev3.models.growth``, function-preserving) up to ``growth.max_size``; the new
    parameters start with fresh optimizer states.
 
@@ -42,13 +46,14 @@ from ev3.methods.common import Student, select  # noqa: F401  (select: the metho
 from ev3.data.augment import augment_fn
 from ev3.models.growth import grow, size
 from ev3.protocol import assess
-from ev3.protocol.adapt import adapt
+from ev3.protocol.adapt import REFERENCE_ORDER, adapt, reference_decision
 from ev3.protocol.explore import ADAM, SGD, explore, hparams, init_family
-from ev3.protocol.state import EV3State, concat, init_state
+from ev3.protocol.state import EV3State, concat, init_state, take
 from ev3.rng import seed_key, stream
 from ev3.train import FitResult, accuracy, flops_budget, frozen_logits, predict
 
 FAMILIES = {"adam": ADAM, "sgd": SGD}
+ALPHA = 1.96  # decide.alpha default: the reference's KD configs
 
 
 def _variables(net: models.Network) -> dict:
@@ -102,7 +107,7 @@ def _family_batches(candidates) -> dict[str, tuple[list[int], dict, dict]]:
 
 
 def _objectives(options: dict) -> list[tuple[str, bool, float]]:
-    return [(o["metric"], assess.METRICS[o["metric"]].higher_is_better, o["margin"]) for o in options["objectives"]]
+    return [(o["metric"], assess.METRICS[o["metric"]].higher_is_better, o.get("margin", 0.0)) for o in options["objectives"]]
 
 
 def _finite(scores: dict) -> bool:
@@ -275,20 +280,43 @@ class Round:
 
         x_decide, y_decide = self.decide
         assess_scores = self._score(arch, batched, xa, ya, ta, True)
-        decide_scores = self._score(arch, batched, x_decide, y_decide, self.teacher_decide, True)
-        current_scores = self._score(arch, state.params, x_decide, y_decide, self.teacher_decide, False)
-        stable_scores = self._score(stable_arch, state.stable_params, x_decide, y_decide, self.teacher_decide, False)
-        state, decision = adapt(
-            state, batched, decide_scores, current_scores, stable_scores,
-            objectives=run.objectives, confidence=o["confidence"], alpha=o["lcb_alpha"], gate=o["gate"],
-            assess_scores=assess_scores,
-        )
-        picked = decision["candidate"]
+        name, higher, _ = run.objectives[0]
+        picked = assess.pick(assess_scores, name, o["lcb_alpha"], higher)
+        rule = o["decide"]["rule"]
+        if rule == "paired":
+            decide_scores = self._score(arch, batched, x_decide, y_decide, self.teacher_decide, True)
+            current_scores = self._score(arch, state.params, x_decide, y_decide, self.teacher_decide, False)
+            stable_scores = self._score(stable_arch, state.stable_params, x_decide, y_decide, self.teacher_decide, False)
+            state, decision = adapt(
+                state, batched, decide_scores, current_scores, stable_scores,
+                objectives=run.objectives, confidence=o["confidence"], alpha=o["lcb_alpha"], assess_scores=assess_scores,
+            )
+            decision.update(rule=rule, winner="candidate" if decision["accepted"] else "current")
+        else:
+            chosen = take(batched, picked)
+            decision = {"iteration": state.iteration, "rule": rule, "candidate": picked}
+            if rule == "always":  # θ ← the candidate, θ_s = θ: no decide stage
+                winner, stable_moved = "candidate", True
+            else:
+                scores = [self._score(a, p, x_decide, y_decide, self.teacher_decide, False)[name]
+                          for a, p in ((arch, chosen), (arch, state.params), (stable_arch, state.stable_params))]
+                oriented = [s if higher else -s for s in scores]
+                winner, stable_moved = reference_decision(*oriented, alpha=o["decide"].get("alpha", ALPHA))
+                decision["objectives"] = {name: {f"{who}_mean": float(np.mean(np.asarray(s, np.float64)))
+                                                 for who, s in zip(REFERENCE_ORDER, scores)}}
+            params = {"candidate": chosen, "current": state.params, "stable": state.stable_params}[winner]
+            if winner == "stable" and stable_arch is not arch:  # θ rolls back across a growth: fresh optimizer states
+                arch = stable_arch
+                state = state._replace(opt_states=_init_opt_states(self.families, params))
+            state = state._replace(
+                params=params, stable_params=params if stable_moved else state.stable_params,
+                iteration=state.iteration + 1,
+                stall_count=0 if stable_moved and rule != "always" else state.stall_count + 1)
+            decision.update(winner=winner, accepted=winner == "candidate", stable_moved=stable_moved,
+                            stall_count=state.stall_count)
+        decision["rolled_back"] = decision["winner"] == "stable"
         fam, loss_hp, opt_hp = run.candidates[picked]
         decision["nonfinite_candidates"] = [int(i) for i in np.flatnonzero(~np.isfinite(losses))]  # never picked
-        if not o["gate"]:
-            state = state._replace(stable_params=state.params)
-            decision["stable_moved"] = True
         if decision["stable_moved"]:
             stable_arch = arch
         decision.update(family=fam, loss=loss_hp, optimizer=opt_hp, student_steps=student_steps, train_loss=float(losses[picked]))
