@@ -49,8 +49,8 @@ def test_ev3_trains_and_grows_a_resnet_student(tmp_path):
     options = {
         "iterations": 3, "steps_per_candidate": 2,
         "losses": [{"w": 0.9, "t_kd": 4.0, "t_ce": 1.0}], "optimizers": [{"name": "sgd", "learning_rate": 0.05, "momentum": 0.9}],
-        "assess_samples": 8, "objectives": [{"metric": "accuracy"}],
-        "lcb_alpha": 1.0, "decide": {"rule": "always"}, "growth": {"patience": 1, "max_size": 4},
+        "stages": {"assess_samples": 8, "decide_samples": 8}, "objectives": [{"metric": "accuracy"}],
+        "decide": {"rule": "always"}, "growth": {"patience": 1, "max_size": 4},
     }
     spec = RunSpec(
         benchmark="t", dataset="cifar10", data_dir=str(tmp_path), split={"seed": 0, "val": 0.1, "meta": 0.2},

@@ -83,6 +83,46 @@ def test_growth_happens_inside_the_loop_and_training_continues(smoke_config, dat
     assert ev["current_arch"]["depth"] == 3  # grown once from depth 2, capped at max_size 3
 
 
+def _ids(x, pool) -> list[int]:
+    """Row index in ``pool`` of every row of ``x`` (each row must be one of the pool's)."""
+    rows = {r.tobytes(): i for i, r in enumerate(np.asarray(pool))}
+    return [rows[r.tobytes()] for r in np.asarray(x)]
+
+
+@pytest.mark.parametrize("source", ["train", "meta"])
+def test_every_round_draws_fresh_samples_shared_by_candidate_current_and_stable(
+        smoke_config, data_dir, mnist1d, teacher, monkeypatch, source):
+    """The sample ids each scoring call sees: per round one assess draw (the K candidates) and one decide draw,
+    the same for the pick, θ and θ_s; the next round draws others; with replacement from the source's pool."""
+    from ev3.methods.ev3 import Round
+
+    calls = []  # (round, stage, sample ids)
+    score = Round._score
+
+    def recording(self, a, params, x, y, t, batched):
+        calls.append((self.run.rounds, batched, np.asarray(x)))
+        return score(self, a, params, x, y, t, batched)
+
+    monkeypatch.setattr(Round, "_score", recording)
+    stages = {"source": source, "assess_samples": 48, "decide_samples": 300}
+    spec = _spec(smoke_config, data_dir, iterations=3, growth=None, stages=stages)
+    fit(methods.get("ev3"), spec, mnist1d, teacher, log=NOLOG)
+    x_meta = mnist1d.splits["meta"][0]
+    half = x_meta.shape[0] // 2
+    pools = {"train": (mnist1d.splits["train"][0],) * 2, "meta": (x_meta[:half], x_meta[half:])}[source]
+    assess_ids, decide_ids = [], []
+    for r in range(3):
+        this = [(batched, x) for rnd, batched, x in calls if rnd == r]
+        assert [b for b, _ in this] == [True, False, False, False]  # assess the K candidates; pick, θ, θ_s
+        assess_ids.append(_ids(this[0][1], pools[0]))
+        decide = [_ids(x, pools[1]) for _, x in this[1:]]
+        assert decide[0] == decide[1] == decide[2] and len(decide[0]) == 300 and len(assess_ids[-1]) == 48
+        decide_ids.append(decide[0])
+    assert len({tuple(i) for i in assess_ids}) == 3 and len({tuple(i) for i in decide_ids}) == 3
+    if source == "meta":  # 300 draws from a pool of `half` rows: with replacement, so some repeat
+        assert half < 300 and all(len(set(i)) < len(i) for i in decide_ids)
+
+
 def test_same_seed_gives_identical_decisions(smoke_config, data_dir, mnist1d, teacher):
     spec = _spec(smoke_config, data_dir, iterations=3)
     a = methods.get("ev3").summary(fit(methods.get("ev3"), spec, mnist1d, teacher, log=NOLOG))

@@ -6,9 +6,10 @@ Each iteration, from the current student:
    on the same fresh train batches with its own loss ``w·T_kd²·KL(p_t^{T_kd} ‖ p_s^{T_kd}) + (1−w)·CE(s/T_ce)``
    and its own optimizer state (kept across iterations); candidates of one optimizer family run vmapped in one
    compiled call (``ev3.protocol.explore``).
-2. **Assess** — every candidate is scored per sample on a fresh random subset of the *assess* half of ``meta``;
-   the pick is the best lower confidence bound (mean − α·stderr) on the first objective.
-3. **Decide** — on the disjoint *decide* half of ``meta``, by ``decide.rule``: ``reference`` (default; the EV3
+2. **Assess** — every candidate is scored per sample on a fresh draw of ``stages.assess_samples``; the pick is
+   the best ``mean − stages.assess_alpha·stderr`` on the first objective (default α = 0: the best mean), a
+   diverged candidate never.
+3. **Decide** — on a fresh draw of ``stages.decide_samples``, one for the pick, θ and θ_s, by ``decide.rule``: ``reference`` (default; the EV3
    reference, :func:`ev3.protocol.adapt.reference_decision` on the first objective): the current model θ ← the
    highest lower confidence bound (``decide.alpha``, default 1.96) of {pick, θ, stable θ_s} (ties in that order:
    θ may roll back to θ_s), θ_s ← θ's new value when its lower bound exceeds θ_s's upper bound; ``paired``
@@ -19,6 +20,11 @@ Each iteration, from the current student:
    over θ), the current model gets one more
    identity-initialized layer (``ev3.models.growth``, function-preserving) up to ``growth.max_size``; the new
    parameters start with fresh optimizer states.
+
+Every round's assess and decide draws are fresh, i.i.d. with replacement, each from its own RNG stream
+(``stages.source``: ``train``, the reference: both from the training split, images assessed with a
+reflect-pad-1 crop + flip and decided with a flip; ``meta``: assess from the first half of the ``meta`` split,
+decide from the second).
 
 One round is EV3's unit of work (:class:`Round`; host-driven: statistical tests, architecture changes) in the
 shared loop :func:`ev3.train.fit`: the budget is ``iterations`` rounds (with a FLOPs budget: rounds until the
@@ -38,12 +44,13 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from ev3 import models
 from ev3.methods.common import Student, select  # noqa: F401  (select: the method contract's default)
-from ev3.data.augment import augment_fn
+from ev3.data.augment import augment_fn, crop_flip
 from ev3.models.growth import grow, size
 from ev3.protocol import assess
 from ev3.protocol.adapt import REFERENCE_ORDER, adapt, reference_decision
@@ -53,6 +60,8 @@ from ev3.rng import seed_key, stream
 from ev3.train import FitResult, accuracy, flops_budget, frozen_logits, predict
 
 FAMILIES = {"adam": ADAM, "sgd": SGD}
+STAGES = {"source": "train", "assess_samples": 128, "decide_samples": 256 * 128, "assess_alpha": 0.0}
+"""``stages`` defaults: the reference's (assess 128 samples, pick by mean; decide 256 batches of 128)."""
 ALPHA = 1.96  # decide.alpha default: the reference's KD configs
 
 
@@ -218,29 +227,41 @@ class Round:
         self.steps_per_unit = self.K * L
         self.units_per_call = 1  # a round is not a step: train.steps_per_call does not apply
         x_train, y_train = data.splits["train"]
-        x_meta, y_meta = data.splits["meta"]
-        half = x_meta.shape[0] // 2  # meta is stratified and shuffled per class: first half assesses, rest decides
-        x_assess, y_assess = x_meta[:half], y_meta[:half]
-        self.decide = (x_meta[half:], y_meta[half:])
-        n_assess = min(o["assess_samples"], half)
-        self.teacher_decide, _ = predict(counter, frozen_logits, teacher, self.decide[0])
-        teacher_assess_all, _ = predict(counter, frozen_logits, teacher, x_assess)
+        self.stages = stages = {**STAGES, **o.get("stages", {})}
+        if stages["source"] == "train":  # the reference: every stage draws from the training split
+            assess_pool = decide_pool = (x_train, y_train)
+        else:  # meta is stratified and shuffled per class: the first half assesses, the rest decides
+            x_meta, y_meta = data.splits["meta"]
+            half = x_meta.shape[0] // 2
+            assess_pool, decide_pool = (x_meta[:half], y_meta[:half]), (x_meta[half:], y_meta[half:])
+        image = x_train.ndim == 4 and stages["source"] == "train"
+        assess_aug = partial(crop_flip, padding=1, flip=True, mode="reflect") if image else None
+        decide_aug = partial(crop_flip, padding=0, flip=True) if image else None
+        needs_teacher = "teacher_agreement" in self.metric_names
         key = seed_key(spec.seed)
-        self.order_key, self.assess_key = stream(key, "batch_order"), stream(key, "assess")
+        self.order_key, self.assess_key, self.decide_key = (stream(key, s) for s in ("batch_order", "assess", "decide"))
         augment = augment_fn(spec.train.get("augment"))
         self.built: dict = {}
 
-        def draw(teacher, order_key, assess_key, it):  # keys are arguments: other seeds reuse the compiled kernel
-            """This round's L train batches (augmented with ``train.augment``) with their teacher logits, and a
-            fresh subset of the assess half."""
+        def draw(teacher, order_key, it):  # keys are arguments: other seeds reuse the compiled kernel
+            """This round's L train batches (augmented with ``train.augment``) with their teacher logits."""
             idx = jax.random.randint(jax.random.fold_in(order_key, it), (L * B,), 0, x_train.shape[0])
             xb, yb = x_train[idx], y_train[idx]
             if augment is not None:
                 xb = augment(stream(jax.random.fold_in(order_key, it), "augment"), xb)
-            a_idx = jax.random.choice(jax.random.fold_in(assess_key, it), half, (n_assess,), replace=False)
-            return (xb.reshape(L, B, *xb.shape[1:]), yb.reshape(L, B), teacher(xb).reshape(L, B, -1),
-                    x_assess[a_idx], y_assess[a_idx], teacher_assess_all[a_idx])
+            return xb.reshape(L, B, *xb.shape[1:]), yb.reshape(L, B), teacher(xb).reshape(L, B, -1)
 
+        def sample(teacher, key, it, pool, n, aug):
+            """``n`` fresh samples of ``pool``, i.i.d. with replacement, augmented by ``aug``, with the teacher's
+            logits where a metric reads them (zeros otherwise)."""
+            k = jax.random.fold_in(key, it)
+            idx = jax.random.randint(k, (n,), 0, pool[0].shape[0])
+            x = pool[0][idx] if aug is None else aug(stream(k, "augment"), pool[0][idx])
+            t = teacher(x) if needs_teacher else jnp.zeros((n, data.num_classes), jnp.float32)
+            return x, pool[1][idx], t
+
+        self.draw_assess = partial(sample, pool=assess_pool, n=stages["assess_samples"], aug=assess_aug)
+        self.draw_decide = partial(sample, pool=decide_pool, n=stages["decide_samples"], aug=decide_aug)
         self.draw = draw
 
     def load(self, state: EV3Run, units_done: int) -> None:
@@ -256,12 +277,19 @@ class Round:
         self.ctx.flops["selection"] += f
         return {k: np.asarray(v) for k, v in compiled(params, x, y, t).items()}
 
+    def _sample(self, stage: str, it: int):
+        """Round ``it``'s fresh ``stage`` draw ``(x, y, teacher logits)`` (teacher forwards: selection FLOPs)."""
+        args = (self.ctx.teacher, getattr(self, f"{stage}_key"), np.int32(it))
+        compiled, f = self.ctx.counter.compile(f"draw_{stage}", getattr(self, f"draw_{stage}"), *args)
+        self.ctx.flops["selection"] += f
+        return compiled(*args)
+
     def advance(self, it: int, count: int = 1) -> None:
         ctx, o, run, flops, L, K = self.ctx, self.o, self.run, self.ctx.flops, self.L, self.K
         state, arch, stable_arch, counter = run.protocol, run.arch, run.stable_arch, ctx.counter
-        draw_args = (ctx.teacher, self.order_key, self.assess_key, np.int32(it))
+        draw_args = (ctx.teacher, self.order_key, np.int32(it))
         draw_c, f_t = counter.compile("draw", self.draw, *draw_args)
-        xb, yb, teacher_logits, xa, ya, ta = draw_c(*draw_args)
+        xb, yb, teacher_logits = draw_c(*draw_args)
         flops["teacher"] += f_t
 
         family_params, new_opt_states, losses = [], {}, np.zeros(K)
@@ -278,27 +306,33 @@ class Round:
         state = state._replace(opt_states=new_opt_states)
         student_steps = (it + 1) * K * L
 
-        x_decide, y_decide = self.decide
+        xa, ya, ta = self._sample("assess", it)
         assess_scores = self._score(arch, batched, xa, ya, ta, True)
         name, higher, _ = run.objectives[0]
-        picked = assess.pick(assess_scores, name, o["lcb_alpha"], higher)
+        finite = np.isfinite(losses) & _finite_members(batched, K)
+        lcb = assess.lower_confidence_bound(assess_scores[name], self.stages["assess_alpha"], higher)
+        picked = int(np.argmax(np.where(finite & np.isfinite(lcb), lcb, -np.inf)))  # a diverged candidate loses
         rule = o["decide"]["rule"]
+        if rule != "always":  # one fresh draw, on which the pick, θ and θ_s are all scored
+            x_decide, y_decide, t_decide = self._sample("decide", it)
         if rule == "paired":
-            decide_scores = self._score(arch, batched, x_decide, y_decide, self.teacher_decide, True)
-            current_scores = self._score(arch, state.params, x_decide, y_decide, self.teacher_decide, False)
-            stable_scores = self._score(stable_arch, state.stable_params, x_decide, y_decide, self.teacher_decide, False)
+            decide_scores = self._score(arch, batched, x_decide, y_decide, t_decide, True)
+            current_scores = self._score(arch, state.params, x_decide, y_decide, t_decide, False)
+            stable_scores = self._score(stable_arch, state.stable_params, x_decide, y_decide, t_decide, False)
             state, decision = adapt(
                 state, batched, decide_scores, current_scores, stable_scores,
-                objectives=run.objectives, confidence=o["confidence"], alpha=o["lcb_alpha"], assess_scores=assess_scores,
+                objectives=run.objectives, confidence=o["confidence"], alpha=self.stages["assess_alpha"],
+                assess_scores=assess_scores, candidate=picked,
             )
             decision.update(rule=rule, winner="candidate" if decision["accepted"] else "current")
         else:
             chosen = take(batched, picked)
             decision = {"iteration": state.iteration, "rule": rule, "candidate": picked}
-            if rule == "always":  # θ ← the candidate, θ_s = θ: no decide stage
-                winner, stable_moved = "candidate", True
+            if rule == "always":  # θ ← the candidate, θ_s = θ: no decide stage (unless every candidate diverged)
+                winner = "candidate" if finite.any() else "current"
+                stable_moved = True
             else:
-                scores = [self._score(a, p, x_decide, y_decide, self.teacher_decide, False)[name]
+                scores = [self._score(a, p, x_decide, y_decide, t_decide, False)[name]
                           for a, p in ((arch, chosen), (arch, state.params), (stable_arch, state.stable_params))]
                 oriented = [s if higher else -s for s in scores]
                 winner, stable_moved = reference_decision(*oriented, alpha=o["decide"].get("alpha", ALPHA))
@@ -386,6 +420,14 @@ class Round:
 
     def model_like(self, meta: dict) -> Model:
         return _model(*self._arch_like(meta["arch"]))
+
+
+def _finite_members(batched, k: int) -> np.ndarray:
+    """(K,) bool: every parameter of candidate k is finite."""
+    ok = np.ones(k, bool)
+    for leaf in jax.tree.leaves(batched):
+        ok &= np.asarray(jnp.isfinite(leaf).reshape(k, -1).all(axis=1))
+    return ok
 
 
 def _min_finite(losses: np.ndarray) -> float | None:

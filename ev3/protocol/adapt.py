@@ -132,19 +132,21 @@ def adapt(
     confidence: float = 0.95,
     alpha: float = 1.0,
     assess_scores: dict | None = None,
+    candidate: int | None = None,
 ) -> tuple[EV3State, dict]:
     """Pick a candidate and move the current / stable models by paired tests (EV3's ``decide.rule: paired``).
 
     candidate_params: batched ``(K, ...)``; cand_scores ``{name: (K, N)}``; current_scores / stable_scores
     ``{name: (N,)}`` of ``state.params`` / ``state.stable_params`` on the same samples. The pick is the best
     lower confidence bound (``alpha``) on the first objective, computed on ``assess_scores`` ``{name: (K, M)}``
-    (fresh samples disjoint from the decision samples) when given, else on ``cand_scores``. The current model moves to it if it wins by
+    (fresh samples disjoint from the decision samples) when given, else on ``cand_scores``; ``candidate`` (an
+    index) overrides the pick. The current model moves to it if it wins by
     :func:`prioritized_decision`; the stable model moves only if it wins
     against the stable model. ``stall_count`` counts consecutive decisions without a win against the current
     model. ``opt_states`` are left to the caller. Returns ``(new_state, log)``, the log holding plain Python values.
     """
     name, higher_is_better, _ = objectives[0]
-    k = pick(cand_scores if assess_scores is None else assess_scores, name, alpha, higher_is_better)
+    k = pick(cand_scores if assess_scores is None else assess_scores, name, alpha, higher_is_better) if candidate is None else candidate
     cand = {n: np.asarray(s)[k] for n, s in cand_scores.items()}
     vs_current = prioritized_decision(cand, current_scores, objectives, confidence)
     vs_stable = prioritized_decision(cand, stable_scores, objectives, confidence)
