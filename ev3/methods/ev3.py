@@ -3,8 +3,11 @@
 Each iteration, from the current student:
 
 1. **Explore** — K = |losses| × |optimizer settings| candidates, each running ``steps_per_candidate`` (L) steps
-   on the same fresh train batches with its own loss ``w·T_kd²·KL(p_t^{T_kd} ‖ p_s^{T_kd}) + (1−w)·CE(s/T_ce)``
-   and its own optimizer state (kept across iterations); candidates of one optimizer family run vmapped in one
+   on its own fresh train batches with its own loss (the mixture ``w·T_kd²·KL(p_t^{T_kd} ‖ p_s^{T_kd}) +
+   (1−w)·CE(s/T_ce)`` or ``{loss: reverse_kl}``: ``T_kd·KL(p_s^{T_kd} ‖ p_t^{T_kd})``, the reference's) and its
+   own optimizer state (kept across iterations, won or not; ``adam``, ``adamw`` with decoupled weight decay,
+   ``sgd`` with momentum; ``schedule: cosine`` decays the learning rate to 0 over ``iterations × L`` steps,
+   restarting when growth re-initialises the states); candidates of one optimizer family run vmapped in one
    compiled call (``ev3.protocol.explore``).
 2. **Assess** — every candidate is scored per sample on a fresh draw of ``stages.assess_samples``; the pick is
    the best ``mean − stages.assess_alpha·stderr`` on the first objective (default α = 0: the best mean), a
@@ -32,7 +35,7 @@ next one would exceed it); every candidate step counts as a student step (K·L p
 ``val``/``test`` follow ``train.eval_every`` student steps and measure the **stable** checkpoint
 (``model(state)``), so the reported model is the evaluated stable checkpoint with the best ``val`` accuracy.
 FLOPs: explore = XLA cost of the vmapped step × L (a scan's cost analysis counts its body once); teacher
-forwards on the L train batches are teacher FLOPs; assess and decide forwards are selection FLOPs.
+forwards on the K·L train batches are teacher FLOPs; assess and decide forwards are selection FLOPs.
 """
 
 from __future__ import annotations
@@ -54,12 +57,12 @@ from ev3.data.augment import augment_fn, crop_flip
 from ev3.models.growth import grow, size
 from ev3.protocol import assess
 from ev3.protocol.adapt import REFERENCE_ORDER, adapt, reference_decision
-from ev3.protocol.explore import ADAM, SGD, explore, hparams, init_family
+from ev3.protocol.explore import ADAM, ADAMW, SGD, explore, hparams, init_family
 from ev3.protocol.state import EV3State, concat, init_state, take
 from ev3.rng import seed_key, stream
 from ev3.train import FitResult, accuracy, flops_budget, frozen_logits, predict
 
-FAMILIES = {"adam": ADAM, "sgd": SGD}
+FAMILIES = {"adam": ADAM, "adamw": ADAMW, "sgd": SGD}
 STAGES = {"source": "train", "assess_samples": 128, "decide_samples": 256 * 128, "assess_alpha": 0.0}
 """``stages`` defaults: the reference's (assess 128 samples, pick by mean; decide 256 batches of 128)."""
 ALPHA = 1.96  # decide.alpha default: the reference's KD configs
@@ -92,27 +95,47 @@ class _Arch:
         return self.fns[name]
 
 
-def _candidates(options: dict) -> list[tuple[str, dict, dict]]:
-    """(family, loss hparams, optimizer hparams) per candidate, grouped by family in config order."""
-    out = []
-    for opt in options["optimizers"]:
-        hp = {k: v for k, v in opt.items() if k != "name"}
-        if opt["name"] == "sgd":
-            hp.setdefault("momentum", 0.0)
-        out += [(opt["name"], dict(loss), hp) for loss in options["losses"]]
+OPTIMIZER_DEFAULTS = {"adam": {}, "adamw": {"weight_decay": 1e-4}, "sgd": {"momentum": 0.0}}
+
+
+def _loss_hparams(loss: dict) -> dict:
+    """A ``losses`` entry as the hparams of :func:`ev3.protocol.explore.candidate_loss`: the mixture
+    ``{w, t_kd, t_ce}`` or ``{loss: reverse_kl, t_kd}`` (reverse KL × T_kd; ``w``, ``t_ce`` unused)."""
+    if loss.get("loss") == "reverse_kl":
+        return {"w": 0.0, "t_kd": loss["t_kd"], "t_ce": 1.0, "reverse": 1.0}
+    return {"w": loss["w"], "t_kd": loss["t_kd"], "t_ce": loss["t_ce"], "reverse": 0.0}
+
+
+def _candidates(options: dict) -> list[tuple[str, dict, dict, str]]:
+    """(family, loss spec, optimizer hparams, schedule) per candidate, grouped by family in config order."""
+    out, names = [], [opt["name"] for opt in options["optimizers"]]
+    for opt in sorted(options["optimizers"], key=lambda opt: names.index(opt["name"])):  # families contiguous
+        hp = {**OPTIMIZER_DEFAULTS[opt["name"]], **{k: v for k, v in opt.items() if k not in ("name", "schedule")}}
+        out += [(opt["name"], dict(loss), hp, opt.get("schedule", "constant")) for loss in options["losses"]]
     return out
 
 
-def _family_batches(candidates) -> dict[str, tuple[list[int], dict, dict]]:
-    """family → (candidate indices, stacked loss hparams, stacked optimizer hparams)."""
+def _family_batches(candidates) -> dict[str, tuple[list[int], dict, dict, np.ndarray]]:
+    """family → (candidate indices, stacked loss hparams, stacked optimizer hparams, cosine flags (K_f,))."""
     groups: dict = {}
-    for i, (fam, loss, opt) in enumerate(candidates):
-        groups.setdefault(fam, []).append((i, loss, opt))
+    for i, (fam, loss, opt, schedule) in enumerate(candidates):
+        groups.setdefault(fam, []).append((i, _loss_hparams(loss), opt, schedule == "cosine"))
     return {
-        fam: ([i for i, _, _ in g], hparams(**{k: [l[k] for _, l, _ in g] for k in ("w", "t_kd", "t_ce")}),
-              hparams(**{k: [o[k] for _, _, o in g] for k in g[0][2]}))
-        for fam, g in groups.items()
+        fam: ([g[0] for g in group],
+              hparams(**{k: [g[1][k] for g in group] for k in ("w", "t_kd", "t_ce", "reverse")}),
+              hparams(**{k: [g[2][k] for g in group] for k in group[0][2]}),
+              np.array([g[3] for g in group]))
+        for fam, group in (sorted(groups.items(), key=lambda kv: kv[1][0][0]))
     }
+
+
+def cosine_scale(cosine: np.ndarray, start: int, steps: int, total: int) -> np.ndarray:
+    """(K, steps) float32 update multipliers of steps ``start … start + steps − 1`` since the optimizer states were
+    (re)initialised: ``½(1 + cos(π·min(s, total)/total))`` where ``cosine``, else 1 (cosine decay to 0 over
+    ``total`` steps, as the reference's SGD, restarting when growth re-initialises the states)."""
+    s = np.minimum(np.arange(start, start + steps), total) / max(total, 1)
+    decay = 0.5 * (1.0 + np.cos(np.pi * s))
+    return np.where(np.asarray(cosine)[:, None], decay[None, :], 1.0).astype(np.float32)
 
 
 def _objectives(options: dict) -> list[tuple[str, bool, float]]:
@@ -124,7 +147,7 @@ def _finite(scores: dict) -> bool:
 
 
 def _init_opt_states(families: dict, params) -> dict:
-    return {fam: init_family(FAMILIES[fam], params, ohp) for fam, (_, _, ohp) in families.items()}
+    return {fam: init_family(FAMILIES[fam], params, ohp) for fam, (_, _, ohp, _) in families.items()}
 
 
 @struct.dataclass
@@ -181,8 +204,8 @@ def population_size(spec) -> None:
 
 
 def teacher_passes(spec) -> tuple[int, int]:
-    """Teacher forwards per round: one per candidate step batch (L); no backward."""
-    return spec.options["steps_per_candidate"], 0
+    """Teacher forwards per round: one per candidate step batch (K·L, every candidate draws its own); no backward."""
+    return budget_share(spec.options), 0
 
 
 def budget_share(options: dict) -> int:
@@ -243,13 +266,16 @@ class Round:
         augment = augment_fn(spec.train.get("augment"))
         self.built: dict = {}
 
+        K = self.K
+
         def draw(teacher, order_key, it):  # keys are arguments: other seeds reuse the compiled kernel
-            """This round's L train batches (augmented with ``train.augment``) with their teacher logits."""
-            idx = jax.random.randint(jax.random.fold_in(order_key, it), (L * B,), 0, x_train.shape[0])
+            """This round's L train batches of each of the K candidates (augmented with ``train.augment``) with
+            their teacher logits, ``(K, L, B, ...)``."""
+            idx = jax.random.randint(jax.random.fold_in(order_key, it), (K * L * B,), 0, x_train.shape[0])
             xb, yb = x_train[idx], y_train[idx]
             if augment is not None:
                 xb = augment(stream(jax.random.fold_in(order_key, it), "augment"), xb)
-            return xb.reshape(L, B, *xb.shape[1:]), yb.reshape(L, B), teacher(xb).reshape(L, B, -1)
+            return xb.reshape(K, L, B, *xb.shape[1:]), yb.reshape(K, L, B), teacher(xb).reshape(K, L, B, -1)
 
         def sample(teacher, key, it, pool, n, aug):
             """``n`` fresh samples of ``pool``, i.i.d. with replacement, augmented by ``aug``, with the teacher's
@@ -293,9 +319,12 @@ class Round:
         flops["teacher"] += f_t
 
         family_params, new_opt_states, losses = [], {}, np.zeros(K)
-        for fam, (ids, lhp, ohp) in self.families.items():  # candidate ids are contiguous per family, in order
-            fn = arch.fn(f"explore_{fam}", lambda fam=fam: partial(explore, arch.train_apply, FAMILIES[fam]))
-            args = (state.params, state.opt_states[fam], lhp, ohp, (xb, yb), teacher_logits)
+        origin = run.growth_events[-1]["iteration"] + 1 if run.growth_events else 0  # the states' first round
+        for fam, (ids, lhp, ohp, cosine) in self.families.items():  # candidate ids are contiguous per family, in order
+            fn = arch.fn(f"explore_{fam}", lambda fam=fam: partial(explore, arch.train_apply, FAMILIES[fam], per_candidate=True))
+            scale = cosine_scale(cosine, (it - origin) * L, L, o["iterations"] * L)
+            sl = slice(ids[0], ids[-1] + 1)
+            args = (state.params, state.opt_states[fam], lhp, ohp, (xb[sl], yb[sl]), teacher_logits[sl], scale)
             compiled, f = counter.compile(f"explore_{fam}", fn, *args)
             flops["student"] += f * L
             params_f, opt_f, loss_f = compiled(*args)
@@ -349,11 +378,11 @@ class Round:
             decision.update(winner=winner, accepted=winner == "candidate", stable_moved=stable_moved,
                             stall_count=state.stall_count)
         decision["rolled_back"] = decision["winner"] == "stable"
-        fam, loss_hp, opt_hp = run.candidates[picked]
+        fam, loss_hp, opt_hp, schedule = run.candidates[picked]
         decision["nonfinite_candidates"] = [int(i) for i in np.flatnonzero(~np.isfinite(losses))]  # never picked
         if decision["stable_moved"]:
             stable_arch = arch
-        decision.update(family=fam, loss=loss_hp, optimizer=opt_hp, student_steps=student_steps, train_loss=float(losses[picked]))
+        decision.update(family=fam, loss=loss_hp, optimizer={**opt_hp, "schedule": schedule}, student_steps=student_steps, train_loss=float(losses[picked]))
         decisions, growth_events = run.decisions + [decision], run.growth_events
 
         if o["growth"] and state.stall_count >= o["growth"]["patience"] and size(arch.config) < o["growth"]["max_size"]:
@@ -466,7 +495,7 @@ def summary(result: FitResult) -> dict:
     ]
     accepted = sum(d["accepted"] for d in run.decisions)
     return _json_safe({
-        "candidates": [{"family": f, "loss": l, "optimizer": h} for f, l, h in run.candidates],
+        "candidates": [{"family": f, "loss": l, "optimizer": {**h, "schedule": c}} for f, l, h, c in run.candidates],
         "objectives": [{"metric": n, "higher_is_better": h, "margin": m} for n, h, m in run.objectives],
         "iterations": len(run.decisions),
         "accepted": accepted,
