@@ -96,7 +96,7 @@ def validate(config: dict) -> dict:
             )
     for name, method in config["methods"].items():
         if method["type"] == "ev3":
-            _check_ev3(f"methods/{name}", method)
+            _check_ev3(f"methods/{name}", method, {s: config["models"][s]["type"] for s in config["students"]})
     if config.get("budget") and "student_steps" in config["budget"]:
         for name, method in config["methods"].items():
             share = budget_share(method)
@@ -108,9 +108,16 @@ def validate(config: dict) -> dict:
     return config
 
 
-def _check_ev3(key: str, options: dict) -> None:
+def _check_ev3(key: str, options: dict, student_types: dict) -> None:
     """EV3 options that depend on ``decide.rule``: ``confidence`` and the objectives' ``margin`` are read (and
-    required) only by ``paired``, ``decide.alpha`` only by ``reference``; elsewhere each is an error."""
+    required) only by ``paired``, ``decide.alpha`` only by ``reference``; elsewhere each is an error. A
+    ``growth.operator`` must fit every student's model type (``student_types``: student → type)."""
+    from ev3.methods.ev3 import OPERATOR_TYPES
+
+    operator = (options.get("growth") or {}).get("operator")
+    for student, kind in student_types.items():
+        if operator and kind not in OPERATOR_TYPES[operator]:
+            raise ConfigError(f"{key}/growth/operator: {operator!r} cannot grow student {student!r} of type {kind!r}")
     rule = options["decide"]["rule"]
     if rule == "paired":
         if "confidence" not in options:

@@ -61,7 +61,7 @@ def test_ev3_trains_and_grows_a_resnet_student(tmp_path):
     )
     result = fit(methods.get("ev3"), spec, data, teacher, log=lambda s: None)
     ev = methods.get("ev3").summary(result)
-    assert ev["growth_events"] and ev["current_arch"]["extra_blocks"] >= 1  # resnet8 → + one block
+    assert ev["growth_events"] and sum(ev["current_arch"]["blocks"]) >= 4  # resnet8 (3 blocks) → + one block
     final = result.final_state.student
     init_rest = models.build(ev["final_arch"], data.input_shape, 10, jax.random.key(0)).rest
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(final.rest), jax.tree.leaves(init_rest)))

@@ -72,15 +72,50 @@ def test_the_gate_keeps_harmful_candidates_out(smoke_config, data_dir, mnist1d, 
     assert open_.val_accuracy < start_val - 0.1
 
 
-def test_growth_happens_inside_the_loop_and_training_continues(smoke_config, data_dir, mnist1d, teacher):
-    spec = _spec(smoke_config, data_dir, "ev3-paired", iterations=6, growth={"patience": 1, "max_size": 3},
-                 objectives=[{"metric": "accuracy", "margin": 0.0}], confidence=0.999999)
+def _expected_growth(decisions: list, patience: int, max_size: int) -> list[bool]:
+    """Which rounds must grow, replayed from the decisions: at least ``patience`` rounds decided since the last
+    growth, none of the last ``patience`` significant (θ_s moved; never under rule always), fewer than
+    ``max_size`` growth events so far."""
+    history, events, out = [], 0, []
+    for d in decisions:
+        grows = events < max_size and len(history) >= patience and not any(history[-patience:])
+        out.append(grows)
+        if grows:
+            history, events = [], events + 1
+        else:
+            history.append(d["stable_moved"] and d["rule"] != "always")
+    return out
+
+
+@pytest.mark.parametrize("method, patience", [("ev3-paired", 1), ("ev3-no-gate", 2)])
+def test_growth_follows_the_trigger_and_training_continues(smoke_config, data_dir, mnist1d, teacher, method, patience):
+    """Growth rounds are exactly those the trigger names (replayed from the logged decisions); a growth round
+    discards its proposal (θ unchanged but grown, nothing accepted) and its student steps count; ``always``
+    grows every ``patience`` + 1 rounds; every event makes a bigger student, up to ``max_size`` events."""
+    options = dict(iterations=6, growth={"patience": patience, "max_size": 2})
+    if method == "ev3-paired":  # a near-impossible confidence: θ_s never moves
+        options.update(objectives=[{"metric": "accuracy", "margin": 0.0}], confidence=0.999999)
+    spec = _spec(smoke_config, data_dir, method, **options)
     result = fit(methods.get("ev3"), spec, mnist1d, teacher, log=NOLOG)
     ev = methods.get("ev3").summary(result)
-    assert ev["growth_events"], "a near-impossible confidence stalls every decision, so the student must grow"
-    g = ev["growth_events"][0]
-    assert g["params"] > g["params_before"] and g["to_arch"] != g["from_arch"]
-    assert ev["current_arch"]["depth"] == 3  # grown once from depth 2, capped at max_size 3
+    grew = [d["grew"] for d in ev["decisions"]]
+    assert grew == _expected_growth(ev["decisions"], patience, 2) and sum(grew) == len(ev["growth_events"]) == 2
+    if method == "ev3-no-gate":
+        assert grew == [False, False, True, False, False, True]
+    for d in (d for d in ev["decisions"] if d["grew"]):
+        assert d["winner"] == "current" and not d["accepted"] and not d["stable_moved"]
+    sizes = [e["params_before"] for e in ev["growth_events"]] + [ev["growth_events"][-1]["params"]]
+    assert sizes == sorted(set(sizes)) and ev["growth_events"][0]["operator"] == "expand_mlp"  # the MLP default
+    o = spec.options
+    assert result.compute["student_steps"] == 6 * len(o["losses"]) * len(o["optimizers"]) * o["steps_per_candidate"]
+    assert ev["current_arch"] != spec.model and ev["final_arch"] == ev["current_arch"]
+
+
+def test_growth_trigger_rule():
+    from ev3.methods.ev3 import _stalled
+
+    assert not _stalled([False] * 4, 5) and _stalled([False] * 5, 5) and _stalled([True] + [False] * 5, 5)
+    assert not _stalled([False] * 4 + [True], 5) and _stalled([True, False], 1) and not _stalled([False, True], 1)
 
 
 def _ids(x, pool) -> list[int]:
@@ -192,7 +227,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result_across_growth(sm
     la, lb = jax.tree.leaves(result.selected_state.student.params), jax.tree.leaves(reference.selected_state.student.params)
     assert len(la) == len(lb) > 0 and all(np.array_equal(x, y) for x, y in zip(la, lb))
     ev_a, ev_b = ev3.summary(result), ev3.summary(reference)
-    assert ev_a == ev_b and ev_a["current_arch"]["depth"] > 2
+    assert ev_a == ev_b and ev_a["current_arch"] != spec.model
     strip = lambda h: [{k: v for k, v in e.items() if k != "wall_s"} for e in h]  # noqa: E731
     assert strip(result.history) == strip(reference.history)
     drop = lambda c: {k: v for k, v in c.items() if k not in ("wall_s", "compile_s", "steps_per_s")}  # noqa: E731

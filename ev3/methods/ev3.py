@@ -19,10 +19,13 @@ Each iteration, from the current student:
    (:func:`ev3.protocol.adapt.adapt`): θ moves to the pick on a significant paired win over θ, θ_s on one over
    θ_s, prioritized objectives with margins at ``confidence``; ``always``: θ ← the pick and θ_s = θ, no decide
    stage. A round is *significant* when θ_s moved (never under ``always``).
-4. **Grow** — after ``growth.patience`` consecutive rounds that are not significant (``paired``: without a win
-   over θ), the current model gets one more
-   identity-initialized layer (``ev3.models.growth``, function-preserving) up to ``growth.max_size``; the new
-   parameters start with fresh optimizer states.
+4. **Grow** — when at least ``growth.patience`` (k, default 5) rounds were decided since the last growth and
+   none of the last k was significant, the next round grows instead: its proposal is discarded (its student
+   steps count), θ and θ_s are grown by ``growth.operator`` with one key (``ev3.models.growth``; default per
+   student type: MLP ``expand_mlp``, CNN ``deepen_cnn`` — CNNs are only deepened —, ResNet/WRN
+   ``deepen_resnet_stage``; function-preserving, or freshly initialised with ``morphism: false``), the history
+   resets and every optimizer state is re-initialised. ``growth.max_size``: the most growth events. Under
+   ``always`` no round is significant, so the student grows every k + 1 rounds.
 
 Every round's assess and decide draws are fresh, i.i.d. with replacement, each from its own RNG stream
 (``stages.source``: ``train``, the reference: both from the training split, images assessed with a
@@ -54,7 +57,9 @@ from flax import struct
 from ev3 import models
 from ev3.methods.common import Student, select  # noqa: F401  (select: the method contract's default)
 from ev3.data.augment import augment_fn, crop_flip
-from ev3.models.growth import grow, size
+from ev3.models.growth import GROWTH_OPERATORS
+from ev3.models.mlp import hidden_widths
+from ev3.models.resnet import stage_blocks
 from ev3.protocol import assess
 from ev3.protocol.adapt import REFERENCE_ORDER, adapt, reference_decision
 from ev3.protocol.explore import ADAM, ADAMW, SGD, explore, hparams, init_family
@@ -65,6 +70,10 @@ from ev3.train import FitResult, accuracy, flops_budget, frozen_logits, predict
 FAMILIES = {"adam": ADAM, "adamw": ADAMW, "sgd": SGD}
 STAGES = {"source": "train", "assess_samples": 128, "decide_samples": 256 * 128, "assess_alpha": 0.0}
 """``stages`` defaults: the reference's (assess 128 samples, pick by mean; decide 256 batches of 128)."""
+DEFAULT_OPERATOR = {"mlp": "expand_mlp", "cnn": "deepen_cnn", "resnet": "deepen_resnet_stage", "wrn": "deepen_resnet_stage"}
+"""``growth.operator`` per model type when not given: the reference's (CNNs can only be deepened)."""
+OPERATOR_TYPES = {"widen_mlp": ("mlp",), "deepen_mlp": ("mlp",), "expand_mlp": ("mlp",), "deepen_cnn": ("cnn",),
+                  "deepen_resnet_stage": ("resnet", "wrn"), "double_resnet": ("resnet", "wrn")}
 ALPHA = 1.96  # decide.alpha default: the reference's KD configs
 
 
@@ -166,15 +175,16 @@ def _model(a: _Arch, v) -> Model:
 @dataclass
 class EV3Run:
     """EV3's method state (host-side). ``protocol``: current and stable parameters, every candidate's optimizer
-    state, stall count; ``arch`` / ``stable_arch``: the current and stable architectures; ``decisions`` and
+    state; ``arch``: their architecture (θ and θ_s always share it: growth grows both); ``significant``: whether
+    each round since the last growth moved θ_s (the growth trigger's history); ``decisions`` and
     ``growth_events`` so far; ``last_losses``: the last round's candidate training losses (K,); ``rounds``: rounds
     done."""
 
     protocol: EV3State
     arch: _Arch
-    stable_arch: _Arch
     candidates: list
     objectives: list
+    significant: list = field(default_factory=list)
     decisions: list = field(default_factory=list)
     growth_events: list = field(default_factory=list)
     last_losses: np.ndarray | None = None
@@ -187,7 +197,7 @@ def init(spec, data, teacher, key) -> EV3Run:
     params = _variables(net)
     arch = _Arch(dict(spec.model), net.graphdef)
     protocol = init_state(params, _init_opt_states(_family_batches(candidates), params))
-    return EV3Run(protocol, arch, arch, candidates, _objectives(spec.options))
+    return EV3Run(protocol, arch, candidates, _objectives(spec.options))
 
 
 def evaluate(model: Model, x):
@@ -196,7 +206,7 @@ def evaluate(model: Model, x):
 
 def model(state: EV3Run) -> Model:
     """The stable checkpoint: what EV3 evaluates and reports."""
-    return _model(state.stable_arch, state.protocol.stable_params)
+    return _model(state.arch, state.protocol.stable_params)
 
 
 def population_size(spec) -> None:
@@ -233,8 +243,8 @@ class Round:
     """EV3's unit of work: one explore → assess → decide → grow round (see the module docstring).
 
     A checkpoint holds the current and stable parameters, every candidate's optimizer state, both
-    architectures' configs (a grown student is rebuilt from its config), the stall count, decisions, growth
-    events and the last round's losses. Batches and assess subsets are functions of the round number, so a
+    architecture's config (a grown student is rebuilt from its config), the growth trigger's history, decisions,
+    growth events and the last round's losses. Batches and assess subsets are functions of the round number, so a
     resumed run ends as an uninterrupted one would. EV3 runs on one device (no data parallelism)."""
 
     def __init__(self, ctx):
@@ -243,6 +253,7 @@ class Round:
         spec, data, teacher, counter = ctx.spec, ctx.data, ctx.teacher, ctx.counter
         self.o = o = spec.options
         self.families = _family_batches(_candidates(o))
+        self.growth_key = stream(seed_key(spec.seed), "growth")
         self.metric_names = sorted({name for name, _, _ in _objectives(o)} | {"accuracy"})
         self.L, B = L, B = o["steps_per_candidate"], spec.train["batch_size"]
         self.K = len(_candidates(o))
@@ -312,7 +323,9 @@ class Round:
 
     def advance(self, it: int, count: int = 1) -> None:
         ctx, o, run, flops, L, K = self.ctx, self.o, self.run, self.ctx.flops, self.L, self.K
-        state, arch, stable_arch, counter = run.protocol, run.arch, run.stable_arch, ctx.counter
+        state, arch, counter = run.protocol, run.arch, ctx.counter
+        growth = o["growth"]
+        grows = bool(growth) and len(run.growth_events) < growth["max_size"] and _stalled(run.significant, growth["patience"])
         draw_args = (ctx.teacher, self.order_key, np.int32(it))
         draw_c, f_t = counter.compile("draw", self.draw, *draw_args)
         xb, yb, teacher_logits = draw_c(*draw_args)
@@ -333,8 +346,11 @@ class Round:
             family_params.append(params_f)
         batched = concat(family_params) if len(family_params) > 1 else family_params[0]
         state = state._replace(opt_states=new_opt_states)
-        student_steps = (it + 1) * K * L
 
+        student_steps = (it + 1) * K * L
+        if grows:  # this round's proposal is discarded (its steps count): θ and θ_s grow instead
+            self.run = self._grow(it, state, arch, losses, student_steps)
+            return
         xa, ya, ta = self._sample("assess", it)
         assess_scores = self._score(arch, batched, xa, ya, ta, True)
         name, higher, _ = run.objectives[0]
@@ -347,7 +363,7 @@ class Round:
         if rule == "paired":
             decide_scores = self._score(arch, batched, x_decide, y_decide, t_decide, True)
             current_scores = self._score(arch, state.params, x_decide, y_decide, t_decide, False)
-            stable_scores = self._score(stable_arch, state.stable_params, x_decide, y_decide, t_decide, False)
+            stable_scores = self._score(arch, state.stable_params, x_decide, y_decide, t_decide, False)
             state, decision = adapt(
                 state, batched, decide_scores, current_scores, stable_scores,
                 objectives=run.objectives, confidence=o["confidence"], alpha=self.stages["assess_alpha"],
@@ -361,43 +377,47 @@ class Round:
                 winner = "candidate" if finite.any() else "current"
                 stable_moved = True
             else:
-                scores = [self._score(a, p, x_decide, y_decide, t_decide, False)[name]
-                          for a, p in ((arch, chosen), (arch, state.params), (stable_arch, state.stable_params))]
+                scores = [self._score(arch, p, x_decide, y_decide, t_decide, False)[name]
+                          for p in (chosen, state.params, state.stable_params)]
                 oriented = [s if higher else -s for s in scores]
                 winner, stable_moved = reference_decision(*oriented, alpha=o["decide"].get("alpha", ALPHA))
                 decision["objectives"] = {name: {f"{who}_mean": float(np.mean(np.asarray(s, np.float64)))
                                                  for who, s in zip(REFERENCE_ORDER, scores)}}
             params = {"candidate": chosen, "current": state.params, "stable": state.stable_params}[winner]
-            if winner == "stable" and stable_arch is not arch:  # θ rolls back across a growth: fresh optimizer states
-                arch = stable_arch
-                state = state._replace(opt_states=_init_opt_states(self.families, params))
-            state = state._replace(
-                params=params, stable_params=params if stable_moved else state.stable_params,
-                iteration=state.iteration + 1,
-                stall_count=0 if stable_moved and rule != "always" else state.stall_count + 1)
-            decision.update(winner=winner, accepted=winner == "candidate", stable_moved=stable_moved,
-                            stall_count=state.stall_count)
-        decision["rolled_back"] = decision["winner"] == "stable"
+            state = state._replace(params=params, stable_params=params if stable_moved else state.stable_params,
+                                   iteration=state.iteration + 1)
+            decision.update(winner=winner, accepted=winner == "candidate", stable_moved=stable_moved)
+        decision.update(rolled_back=decision["winner"] == "stable", grew=False)
         fam, loss_hp, opt_hp, schedule = run.candidates[picked]
-        decision["nonfinite_candidates"] = [int(i) for i in np.flatnonzero(~np.isfinite(losses))]  # never picked
-        if decision["stable_moved"]:
-            stable_arch = arch
-        decision.update(family=fam, loss=loss_hp, optimizer={**opt_hp, "schedule": schedule}, student_steps=student_steps, train_loss=float(losses[picked]))
-        decisions, growth_events = run.decisions + [decision], run.growth_events
+        decision["nonfinite_candidates"] = [int(i) for i in np.flatnonzero(~finite)]  # never picked
+        decision.update(family=fam, loss=loss_hp, optimizer={**opt_hp, "schedule": schedule}, student_steps=student_steps,
+                        train_loss=float(losses[picked]))
+        significant = decision["stable_moved"] and rule != "always"  # under always θ_s = θ moves trivially
+        self.run = dataclasses.replace(run, protocol=state, decisions=run.decisions + [decision],
+                                       significant=run.significant + [significant], last_losses=losses, rounds=it + 1)
 
-        if o["growth"] and state.stall_count >= o["growth"]["patience"] and size(arch.config) < o["growth"]["max_size"]:
-            before, old_config = models.param_count(state.params["params"]), arch.config
-            current = models.Network(arch.graphdef, state.params["params"], state.params["rest"])
-            new_config, grown = grow(arch.config, current, ctx.data.input_shape, ctx.data.num_classes)
-            arch = _Arch(new_config, grown.graphdef)
-            grown_params = _variables(grown)
-            state = state._replace(params=grown_params, opt_states=_init_opt_states(self.families, grown_params), stall_count=0)
-            growth_events = growth_events + [{
-                "iteration": it, "student_steps": student_steps, "from_arch": _arch_name(old_config),
-                "to_arch": _arch_name(new_config), "params_before": before, "params": models.param_count(grown.params)}]
-            ctx.log(f"[{ctx.spec.method} seed{ctx.spec.seed}] iteration {it}: grew to {growth_events[-1]['to_arch']}")
-        self.run = dataclasses.replace(run, protocol=state, arch=arch, stable_arch=stable_arch, decisions=decisions,
-                                       growth_events=growth_events, last_losses=losses, rounds=it + 1)
+    def _grow(self, it: int, state: EV3State, arch: _Arch, losses, student_steps: int) -> EV3Run:
+        """θ and θ_s grown by ``growth.operator`` with one key (the same random choice and new weights), fresh
+        optimizer states for every candidate, the trigger's history reset."""
+        ctx, run, growth = self.ctx, self.run, self.o["growth"]
+        op = GROWTH_OPERATORS[growth.get("operator") or DEFAULT_OPERATOR[arch.config["type"]]]
+        key = jax.random.fold_in(self.growth_key, it)
+        shape, classes, morphism = ctx.data.input_shape, ctx.data.num_classes, growth.get("morphism", True)
+        grown = [op(arch.config, models.Network(arch.graphdef, v["params"], v["rest"]), shape, classes, key,
+                    morphism=morphism) for v in (state.params, state.stable_params)]
+        new_config, (current, stable) = grown[0][0], (_variables(n) for _, n in grown)
+        new_arch = _Arch(new_config, grown[0][1].graphdef)
+        state = state._replace(params=current, stable_params=stable, opt_states=_init_opt_states(self.families, current),
+                               iteration=state.iteration + 1)
+        event = {"iteration": it, "student_steps": student_steps, "operator": op.__name__, "morphism": morphism,
+                 "from_arch": _arch_name(arch.config), "to_arch": _arch_name(new_config),
+                 "params_before": models.param_count(run.protocol.params["params"]), "params": models.param_count(current["params"])}
+        ctx.log(f"[{ctx.spec.method} seed{ctx.spec.seed}] iteration {it}: grew to {event['to_arch']}")
+        decision = {"iteration": it, "rule": self.o["decide"]["rule"], "grew": True, "winner": "current", "accepted": False,
+                    "stable_moved": False, "rolled_back": False, "student_steps": student_steps,
+                    "train_loss": _min_finite(losses)}
+        return dataclasses.replace(run, protocol=state, arch=new_arch, significant=[], decisions=run.decisions + [decision],
+                                   growth_events=run.growth_events + [event], last_losses=losses, rounds=it + 1)
 
     def train_loss(self) -> float | None:
         return _min_finite(self.run.last_losses)
@@ -418,13 +438,13 @@ class Round:
         run, p = self.run, self.run.protocol
         trees = {"params": p.params, "opt_states": p.opt_states, "stable_params": p.stable_params}
         meta = {"state_iteration": p.iteration, "stall_count": p.stall_count, "arch": run.arch.config,
-                "stable_arch": run.stable_arch.config, "decisions": _json_safe(run.decisions),
+                "significant": run.significant, "decisions": _json_safe(run.decisions),
                 "growth_events": run.growth_events, "last_losses": _json_safe(list(run.last_losses))}
         return trees, meta
 
     def _arch_like(self, config: dict):
         """An :class:`_Arch` and a parameter pytree shaped like ``config``'s model (one per config)."""
-        name = _arch_name(config)
+        name = json.dumps(config, sort_keys=True)
         if name not in self.built:
             net = models.build(config, self.ctx.data.input_shape, self.ctx.data.num_classes, jax.random.key(0))
             self.built[name] = (_Arch(config, net.graphdef), _variables(net))
@@ -432,15 +452,13 @@ class Round:
 
     def likes(self, meta: dict) -> dict:
         params = self._arch_like(meta["arch"])[1]
-        return {"params": params, "opt_states": _init_opt_states(self.families, params),
-                "stable_params": self._arch_like(meta["stable_arch"])[1]}
+        return {"params": params, "opt_states": _init_opt_states(self.families, params), "stable_params": params}
 
     def restore(self, trees: dict, meta: dict, units_done: int) -> None:
         protocol = EV3State(trees["params"], trees["opt_states"], trees["stable_params"], meta["state_iteration"], meta["stall_count"])
         self.run = dataclasses.replace(
-            self.run, protocol=protocol, arch=self._arch_like(meta["arch"])[0],
-            stable_arch=self._arch_like(meta["stable_arch"])[0], decisions=meta["decisions"],
-            growth_events=meta["growth_events"], rounds=units_done,
+            self.run, protocol=protocol, arch=self._arch_like(meta["arch"])[0], significant=meta["significant"],
+            decisions=meta["decisions"], growth_events=meta["growth_events"], rounds=units_done,
             last_losses=np.array([np.nan if x is None else x for x in meta["last_losses"]]),
         )
 
@@ -459,6 +477,12 @@ def _finite_members(batched, k: int) -> np.ndarray:
     return ok
 
 
+def _stalled(significant: list, patience: int) -> bool:
+    """The growth trigger: at least ``patience`` rounds decided since the last growth, none of the last
+    ``patience`` significant (θ_s moved)."""
+    return len(significant) >= patience and not any(significant[-patience:])
+
+
 def _min_finite(losses: np.ndarray) -> float | None:
     """The round's best finite candidate training loss (None if every candidate diverged)."""
     finite = losses[np.isfinite(losses)]
@@ -466,8 +490,12 @@ def _min_finite(losses: np.ndarray) -> float | None:
 
 
 def _arch_name(config: dict) -> str:
-    unit = {"mlp": "depth", "cnn": "convs"}.get(config["type"], "blocks")
-    return f"{config['type']}-{unit}{size(config)}"
+    """``mlp-64x64`` (hidden widths), ``cnn-16-16`` (channels), ``resnet-1-2-1`` / ``wrn-…`` (blocks per stage)."""
+    if config["type"] == "mlp":
+        return "mlp-" + "x".join(map(str, hidden_widths(config)))
+    if config["type"] == "cnn":
+        return "cnn-" + "-".join(map(str, config["channels"]))
+    return f"{config['type']}-" + "-".join(map(str, stage_blocks(config)))
 
 
 def _json_safe(obj):
@@ -503,7 +531,7 @@ def summary(result: FitResult) -> dict:
         "stable_moves": sum(d["stable_moved"] for d in run.decisions),
         "decisions": run.decisions,
         "growth_events": run.growth_events,
-        "final_arch": run.stable_arch.config,
+        "final_arch": run.arch.config,
         "final_params": models.param_count(run.protocol.stable_params["params"]),
         "selected_arch": json.loads(selected.arch),
         "selected_params": models.param_count(selected.student.params),
