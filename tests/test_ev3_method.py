@@ -42,7 +42,7 @@ def test_budget_counts_every_candidate_step_and_logs_every_decision(smoke_config
     assert result.compute["student_steps"] == o["iterations"] * K * o["steps_per_candidate"]
     assert result.compute["teacher_forwards"] == o["iterations"] * K * o["steps_per_candidate"]  # own batches each
     assert result.compute["flops_student"] > 0 and result.compute["flops_selection"] > 0
-    assert len(ev["decisions"]) == o["iterations"] == ev["accepted"] + ev["rejected"]
+    assert len(ev["decisions"]) == o["iterations"] == ev["accepted"] + ev["rejected"] + ev["rounds"]["grew"]
     d = ev["decisions"][0]
     assert {"iteration", "candidate", "family", "loss", "optimizer", "winner", "accepted", "stable_moved", "rolled_back",
             "objectives"} <= set(d)

@@ -35,8 +35,9 @@ decide from the second).
 One round is EV3's unit of work (:class:`Round`; host-driven: statistical tests, architecture changes) in the
 shared loop :func:`ev3.train.fit`: the budget is ``iterations`` rounds (with a FLOPs budget: rounds until the
 next one would exceed it); every candidate step counts as a student step (K·L per round); evaluations on
-``val``/``test`` follow ``train.eval_every`` student steps and measure the **stable** checkpoint
-(``model(state)``), so the reported model is the evaluated stable checkpoint with the best ``val`` accuracy.
+``val``/``test`` follow ``train.eval_every`` student steps and measure the **current** model θ (``model(state)``), so the reported
+model is the evaluated θ with the best ``val`` accuracy, as for every method; ``summary`` adds the final θ's
+test accuracy (what the reference reports) and the val-selected θ_s's.
 FLOPs: explore = XLA cost of the vmapped step × L (a scan's cost analysis counts its body once); teacher
 forwards on the K·L train batches are teacher FLOPs; assess and decide forwards are selection FLOPs.
 """
@@ -205,8 +206,8 @@ def evaluate(model: Model, x):
 
 
 def model(state: EV3Run) -> Model:
-    """The stable checkpoint: what EV3 evaluates and reports."""
-    return _model(state.arch, state.protocol.stable_params)
+    """The current model θ: what EV3 evaluates and reports (val-selected like every method's)."""
+    return _model(state.arch, state.protocol.params)
 
 
 def population_size(spec) -> None:
@@ -229,10 +230,14 @@ def with_units(options: dict, train: dict, units: int) -> tuple[dict, dict]:
 
 
 def track(state: EV3Run, data, counter, teacher) -> dict:
-    """The round evaluated and the current model's ``val`` accuracy (reporting; not selection FLOPs)."""
-    x_val, y_val = data.splits["val"]
-    logits, _ = predict(counter, evaluate, _model(state.arch, state.protocol.params), x_val)
-    return {"iteration": state.rounds - 1, "current_val_accuracy": accuracy(logits, y_val)}
+    """The round evaluated and the stable model θ_s's ``val`` and ``test`` accuracy (reporting: the val-selected
+    θ_s in ``summary``; not selection FLOPs)."""
+    stable = _model(state.arch, state.protocol.stable_params)
+    out = {"iteration": state.rounds - 1}
+    for split in ("val", "test"):
+        x, y = data.splits[split]
+        out[f"stable_{split}_accuracy"] = accuracy(predict(counter, evaluate, stable, x)[0], y)
+    return out
 
 
 def work(ctx) -> "Round":
@@ -513,26 +518,39 @@ def _json_safe(obj):
 
 def summary(result: FitResult) -> dict:
     """The ``ev3`` object of metrics.json (non-finite statistics are null): candidates, objectives, decisions,
-    growth, architectures and the trajectory of the evaluations (stable and current model)."""
+    growth, architectures, the round counters, the trajectory of the evaluations (θ and θ_s), the final θ's test
+    accuracy (what the reference reports) and the test accuracy of θ_s at its best ``val`` evaluation."""
     run, selected = result.state, result.selected_state
     trajectory = [
         {"iteration": t["iteration"], "student_steps": t["student_steps"], "flops": h["flops"],
-         "stable_val_accuracy": h["val_accuracy"], "current_val_accuracy": t["current_val_accuracy"],
-         "stable_test_accuracy": h["test_accuracy"]}
+         "current_val_accuracy": h["val_accuracy"], "current_test_accuracy": h["test_accuracy"],
+         "stable_val_accuracy": t["stable_val_accuracy"], "stable_test_accuracy": t["stable_test_accuracy"]}
         for t, h in zip(result.tracked, result.history)
     ]
-    accepted = sum(d["accepted"] for d in run.decisions)
+    best_stable = max(trajectory, key=lambda e: e["stable_val_accuracy"]) if trajectory else {}  # earliest on ties
+    decided = [d for d in run.decisions if not d["grew"]]
+    accepted = sum(d["accepted"] for d in decided)
     return _json_safe({
         "candidates": [{"family": f, "loss": l, "optimizer": {**h, "schedule": c}} for f, l, h, c in run.candidates],
         "objectives": [{"metric": n, "higher_is_better": h, "margin": m} for n, h, m in run.objectives],
         "iterations": len(run.decisions),
+        "rounds": {
+            "total": len(run.decisions),
+            "moved_current": sum(d["winner"] != "current" for d in decided),
+            "moved_stable": sum(d["stable_moved"] for d in decided),
+            "rolled_back": sum(d["rolled_back"] for d in decided),
+            "grew": len(run.decisions) - len(decided),
+        },
         "accepted": accepted,
-        "rejected": len(run.decisions) - accepted,
-        "stable_moves": sum(d["stable_moved"] for d in run.decisions),
+        "rejected": len(decided) - accepted,
+        "stable_moves": sum(d["stable_moved"] for d in decided),
+        "final_current_test_accuracy": result.history[-1]["test_accuracy"] if result.history else None,
+        "selected_stable_val_accuracy": best_stable.get("stable_val_accuracy"),
+        "selected_stable_test_accuracy": best_stable.get("stable_test_accuracy"),
         "decisions": run.decisions,
         "growth_events": run.growth_events,
         "final_arch": run.arch.config,
-        "final_params": models.param_count(run.protocol.stable_params["params"]),
+        "final_params": models.param_count(run.protocol.params["params"]),
         "selected_arch": json.loads(selected.arch),
         "selected_params": models.param_count(selected.student.params),
         "current_arch": run.arch.config,
