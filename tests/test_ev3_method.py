@@ -232,3 +232,29 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result_across_growth(sm
     assert strip(result.history) == strip(reference.history)
     drop = lambda c: {k: v for k, v in c.items() if k not in ("wall_s", "compile_s", "steps_per_s")}  # noqa: E731
     assert drop(result.compute) == drop(reference.compute)
+
+
+def test_growth_reinitialises_every_optimizer_state_and_morphism_false_reinitialises_the_student(
+        smoke_config, data_dir, mnist1d, teacher):
+    """``always`` with patience 1 grows at round 1 (0-based): after 3 rounds each candidate's optimizer state has
+    counted only round 2's L steps (fresh at growth), against 3·L without growth. With ``morphism: false`` the
+    grown θ is a fresh network, so its val accuracy right after growth moves; a function-preserving one's does not."""
+    ev3 = methods.get("ev3")
+    L = smoke_config["methods"]["ev3-no-gate"]["steps_per_candidate"]
+    counts = {}
+    for growth in ({"patience": 1, "max_size": 1}, None):
+        spec = _spec(smoke_config, data_dir, "ev3-no-gate", iterations=3, growth=growth)
+        run = fit(ev3, spec, mnist1d, teacher, log=NOLOG).state
+        assert [d["grew"] for d in run.decisions] == ([False, True, False] if growth else [False] * 3)
+        counts[bool(growth)] = {int(c) for s in run.protocol.opt_states.values() for c in np.asarray(s.count).ravel()}
+    assert counts == {True: {L}, False: {3 * L}}
+    for morphism in (True, False):
+        spec = _spec(smoke_config, data_dir, "ev3-no-gate", iterations=2, growth={"patience": 1, "max_size": 1, "morphism": morphism})
+        result = fit(ev3, spec, mnist1d, teacher, log=NOLOG)
+        assert ev3.summary(result)["growth_events"][0]["morphism"] is morphism
+        before, after = (h["val_accuracy"] for h in result.history)  # after round 0; after the growth round
+        n_val = mnist1d.splits["val"][1].shape[0]
+        if morphism:  # the grown θ computes θ's function (a near-tie argmax may flip one sample)
+            assert after == pytest.approx(before, abs=1.5 / n_val)
+        else:
+            assert abs(after - before) > 3 / n_val

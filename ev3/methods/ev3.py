@@ -12,10 +12,10 @@ Each iteration, from the current student:
 2. **Assess** — every candidate is scored per sample on a fresh draw of ``stages.assess_samples``; the pick is
    the best ``mean − stages.assess_alpha·stderr`` on the first objective (default α = 0: the best mean), a
    diverged candidate never.
-3. **Decide** — on a fresh draw of ``stages.decide_samples``, one for the pick, θ and θ_s, by ``decide.rule``: ``reference`` (default; the EV3
-   reference, :func:`ev3.protocol.adapt.reference_decision` on the first objective): the current model θ ← the
-   highest lower confidence bound (``decide.alpha``, default 1.96) of {pick, θ, stable θ_s} (ties in that order:
-   θ may roll back to θ_s), θ_s ← θ's new value when its lower bound exceeds θ_s's upper bound; ``paired``
+3. **Decide** — on a fresh draw of ``stages.decide_samples``, one for the pick, θ and θ_s, by
+   ``decide.rule``: ``reference`` (default; the EV3 reference, :func:`ev3.protocol.adapt.reference_decision` on
+   the first objective): the current model θ ← the highest lower confidence bound (``decide.alpha``, default
+   1.96) of {pick, θ, stable θ_s} (ties in that order: θ may roll back to θ_s), θ_s ← θ's new value when its lower bound exceeds θ_s's upper bound; ``paired``
    (:func:`ev3.protocol.adapt.adapt`): θ moves to the pick on a significant paired win over θ, θ_s on one over
    θ_s, prioritized objectives with margins at ``confidence``; ``always``: θ ← the pick and θ_s = θ, no decide
    stage. A round is *significant* when θ_s moved (never under ``always``).
@@ -35,8 +35,8 @@ decide from the second).
 One round is EV3's unit of work (:class:`Round`; host-driven: statistical tests, architecture changes) in the
 shared loop :func:`ev3.train.fit`: the budget is ``iterations`` rounds (with a FLOPs budget: rounds until the
 next one would exceed it); every candidate step counts as a student step (K·L per round); evaluations on
-``val``/``test`` follow ``train.eval_every`` student steps and measure the **current** model θ (``model(state)``), so the reported
-model is the evaluated θ with the best ``val`` accuracy, as for every method; ``summary`` adds the final θ's
+``val``/``test`` follow ``train.eval_every`` student steps and measure the **current** model θ
+(``model(state)``), so the reported model is the evaluated θ with the best ``val`` accuracy, as for every method; ``summary`` adds the final θ's
 test accuracy (what the reference reports) and the val-selected θ_s's.
 FLOPs: explore = XLA cost of the vmapped step × L (a scan's cost analysis counts its body once); teacher
 forwards on the K·L train batches are teacher FLOPs; assess and decide forwards are selection FLOPs.
@@ -71,7 +71,8 @@ from ev3.train import FitResult, accuracy, flops_budget, frozen_logits, predict
 FAMILIES = {"adam": ADAM, "adamw": ADAMW, "sgd": SGD}
 STAGES = {"source": "train", "assess_samples": 128, "decide_samples": 256 * 128, "assess_alpha": 0.0}
 """``stages`` defaults: the reference's (assess 128 samples, pick by mean; decide 256 batches of 128)."""
-DEFAULT_OPERATOR = {"mlp": "expand_mlp", "cnn": "deepen_cnn", "resnet": "deepen_resnet_stage", "wrn": "deepen_resnet_stage"}
+DEFAULT_OPERATOR = {"mlp": "expand_mlp", "cnn": "deepen_cnn", "resnet": "deepen_resnet_stage",
+                    "wrn": "deepen_resnet_stage"}
 """``growth.operator`` per model type when not given: the reference's (CNNs can only be deepened)."""
 OPERATOR_TYPES = {"widen_mlp": ("mlp",), "deepen_mlp": ("mlp",), "expand_mlp": ("mlp",), "deepen_cnn": ("cnn",),
                   "deepen_resnet_stage": ("resnet", "wrn"), "double_resnet": ("resnet", "wrn")}
@@ -149,7 +150,8 @@ def cosine_scale(cosine: np.ndarray, start: int, steps: int, total: int) -> np.n
 
 
 def _objectives(options: dict) -> list[tuple[str, bool, float]]:
-    return [(o["metric"], assess.METRICS[o["metric"]].higher_is_better, o.get("margin", 0.0)) for o in options["objectives"]]
+    return [(o["metric"], assess.METRICS[o["metric"]].higher_is_better, o.get("margin", 0.0))
+            for o in options["objectives"]]
 
 
 def _finite(scores: dict) -> bool:
@@ -330,7 +332,8 @@ class Round:
         ctx, o, run, flops, L, K = self.ctx, self.o, self.run, self.ctx.flops, self.L, self.K
         state, arch, counter = run.protocol, run.arch, ctx.counter
         growth = o["growth"]
-        grows = bool(growth) and len(run.growth_events) < growth["max_size"] and _stalled(run.significant, growth["patience"])
+        grows = (bool(growth) and len(run.growth_events) < growth["max_size"]
+                 and _stalled(run.significant, growth["patience"]))
         draw_args = (ctx.teacher, self.order_key, np.int32(it))
         draw_c, f_t = counter.compile("draw", self.draw, *draw_args)
         xb, yb, teacher_logits = draw_c(*draw_args)
@@ -339,7 +342,8 @@ class Round:
         family_params, new_opt_states, losses = [], {}, np.zeros(K)
         origin = run.growth_events[-1]["iteration"] + 1 if run.growth_events else 0  # the states' first round
         for fam, (ids, lhp, ohp, cosine) in self.families.items():  # candidate ids are contiguous per family, in order
-            fn = arch.fn(f"explore_{fam}", lambda fam=fam: partial(explore, arch.train_apply, FAMILIES[fam], per_candidate=True))
+            fn = arch.fn(f"explore_{fam}",
+                         lambda fam=fam: partial(explore, arch.train_apply, FAMILIES[fam], per_candidate=True))
             scale = cosine_scale(cosine, (it - origin) * L, L, o["iterations"] * L)
             sl = slice(ids[0], ids[-1] + 1)
             args = (state.params, state.opt_states[fam], lhp, ohp, (xb[sl], yb[sl]), teacher_logits[sl], scale)
@@ -395,8 +399,8 @@ class Round:
         decision.update(rolled_back=decision["winner"] == "stable", grew=False)
         fam, loss_hp, opt_hp, schedule = run.candidates[picked]
         decision["nonfinite_candidates"] = [int(i) for i in np.flatnonzero(~finite)]  # never picked
-        decision.update(family=fam, loss=loss_hp, optimizer={**opt_hp, "schedule": schedule}, student_steps=student_steps,
-                        train_loss=float(losses[picked]))
+        decision.update(family=fam, loss=loss_hp, optimizer={**opt_hp, "schedule": schedule},
+                        student_steps=student_steps, train_loss=float(losses[picked]))
         significant = decision["stable_moved"] and rule != "always"  # under always θ_s = θ moves trivially
         self.run = dataclasses.replace(run, protocol=state, decisions=run.decisions + [decision],
                                        significant=run.significant + [significant], last_losses=losses, rounds=it + 1)
@@ -412,14 +416,15 @@ class Round:
                     morphism=morphism) for v in (state.params, state.stable_params)]
         new_config, (current, stable) = grown[0][0], (_variables(n) for _, n in grown)
         new_arch = _Arch(new_config, grown[0][1].graphdef)
-        state = state._replace(params=current, stable_params=stable, opt_states=_init_opt_states(self.families, current),
-                               iteration=state.iteration + 1)
+        state = state._replace(params=current, stable_params=stable,
+                               opt_states=_init_opt_states(self.families, current), iteration=state.iteration + 1)
         event = {"iteration": it, "student_steps": student_steps, "operator": op.__name__, "morphism": morphism,
                  "from_arch": _arch_name(arch.config), "to_arch": _arch_name(new_config),
-                 "params_before": models.param_count(run.protocol.params["params"]), "params": models.param_count(current["params"])}
+                 "params_before": models.param_count(run.protocol.params["params"]),
+                 "params": models.param_count(current["params"])}
         ctx.log(f"[{ctx.spec.method} seed{ctx.spec.seed}] iteration {it}: grew to {event['to_arch']}")
-        decision = {"iteration": it, "rule": self.o["decide"]["rule"], "grew": True, "winner": "current", "accepted": False,
-                    "stable_moved": False, "rolled_back": False, "student_steps": student_steps,
+        decision = {"iteration": it, "rule": self.o["decide"]["rule"], "grew": True, "winner": "current",
+                    "accepted": False, "stable_moved": False, "rolled_back": False, "student_steps": student_steps,
                     "train_loss": _min_finite(losses)}
         return dataclasses.replace(run, protocol=state, arch=new_arch, significant=[], decisions=run.decisions + [decision],
                                    growth_events=run.growth_events + [event], last_losses=losses, rounds=it + 1)
