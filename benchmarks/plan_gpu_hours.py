@@ -34,15 +34,13 @@ SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
 
 def step_flops(spec: RunSpec, data: Dataset, teacher) -> float:
     """XLA FLOPs of one student step. EV3 (host-driven, no single step): a candidate step (a scratch step of
-    the student) plus its share of the round's teacher forwards (one per batch for K candidates); its
+    the student, before any growth) plus its teacher forward (every candidate step draws its own batch); its
     assess/decide evaluations are selection compute and not included."""
     if spec.method_type == "ev3":
-        o = spec.options
-        k = len(o["losses"]) * len(o["optimizers"])
         student = step_flops(dataclasses.replace(spec, method_type="scratch", options={}), data, None)
         b = spec.train["batch_size"]
         forward = flops_of(jax.jit(frozen_logits).lower(teacher, jnp.zeros((b, *data.input_shape), jnp.float32)))
-        return student + forward / k
+        return student + forward
     method = methods.get(spec.method_type)
     state = method.init(spec, data, teacher, jax.random.key(0))
     b = spec.train["batch_size"]

@@ -94,6 +94,9 @@ def validate(config: dict) -> dict:
                 f"{prefix}/checkpoint_every: {every} is not a multiple of {prefix}/eval_every ({train['eval_every']}); "
                 "checkpoints are taken at evaluations"
             )
+    for name, method in config["methods"].items():
+        if method["type"] == "ev3":
+            _check_ev3(f"methods/{name}", method, {s: config["models"][s]["type"] for s in config["students"]})
     if config.get("budget") and "student_steps" in config["budget"]:
         for name, method in config["methods"].items():
             share = budget_share(method)
@@ -103,6 +106,31 @@ def validate(config: dict) -> dict:
                     f"methods/{name} ({share} student steps)"
                 )
     return config
+
+
+def _check_ev3(key: str, options: dict, student_types: dict) -> None:
+    """EV3 options that depend on ``decide.rule``: ``confidence`` and the objectives' ``margin`` are read (and
+    required) only by ``paired``, ``decide.alpha`` only by ``reference``; elsewhere each is an error. A
+    ``growth.operator`` must fit every student's model type (``student_types``: student → type)."""
+    from ev3.methods.ev3 import OPERATOR_TYPES
+
+    operator = (options.get("growth") or {}).get("operator")
+    for student, kind in student_types.items():
+        if operator and kind not in OPERATOR_TYPES[operator]:
+            raise ConfigError(f"{key}/growth/operator: {operator!r} cannot grow student {student!r} of type {kind!r}")
+    rule = options["decide"]["rule"]
+    if rule == "paired":
+        if "confidence" not in options:
+            raise ConfigError(f"{key}/confidence: required by decide.rule 'paired'")
+    elif "confidence" in options:
+        raise ConfigError(f"{key}/confidence: read only by decide.rule 'paired' (this rule: {rule!r})")
+    for i, objective in enumerate(options["objectives"]):
+        if rule == "paired" and "margin" not in objective:
+            raise ConfigError(f"{key}/objectives/{i}/margin: required by decide.rule 'paired'")
+        if rule != "paired" and "margin" in objective:
+            raise ConfigError(f"{key}/objectives/{i}/margin: read only by decide.rule 'paired' (this rule: {rule!r})")
+    if rule != "reference" and "alpha" in options["decide"]:
+        raise ConfigError(f"{key}/decide/alpha: read only by decide.rule 'reference' (this rule: {rule!r})")
 
 
 def budget_share(method: dict) -> int:

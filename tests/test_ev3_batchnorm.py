@@ -49,8 +49,8 @@ def test_ev3_trains_and_grows_a_resnet_student(tmp_path):
     options = {
         "iterations": 3, "steps_per_candidate": 2,
         "losses": [{"w": 0.9, "t_kd": 4.0, "t_ce": 1.0}], "optimizers": [{"name": "sgd", "learning_rate": 0.05, "momentum": 0.9}],
-        "assess_samples": 8, "objectives": [{"metric": "accuracy", "margin": 0.0}], "confidence": 0.999999,
-        "lcb_alpha": 1.0, "gate": False, "growth": {"patience": 1, "max_size": 4},
+        "stages": {"assess_samples": 8, "decide_samples": 8}, "objectives": [{"metric": "accuracy"}],
+        "decide": {"rule": "always"}, "growth": {"patience": 1, "max_size": 4},
     }
     spec = RunSpec(
         benchmark="t", dataset="cifar10", data_dir=str(tmp_path), split={"seed": 0, "val": 0.1, "meta": 0.2},
@@ -61,7 +61,7 @@ def test_ev3_trains_and_grows_a_resnet_student(tmp_path):
     )
     result = fit(methods.get("ev3"), spec, data, teacher, log=lambda s: None)
     ev = methods.get("ev3").summary(result)
-    assert ev["growth_events"] and ev["current_arch"]["extra_blocks"] >= 1  # resnet8 → + one block
+    assert ev["growth_events"] and sum(ev["current_arch"]["blocks"]) >= 4  # resnet8 (3 blocks) → + one block
     final = result.final_state.student
     init_rest = models.build(ev["final_arch"], data.input_shape, 10, jax.random.key(0)).rest
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(final.rest), jax.tree.leaves(init_rest)))

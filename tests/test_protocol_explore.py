@@ -70,3 +70,51 @@ def test_vmapped_explore_equals_sequential_over_two_calls(fam, opt_hp):
     assert np.all(np.asarray(fast.count) == 6)
     restarted, _, _ = explore(mlp_apply, fam, params, fresh, LOSS_HP, opt_hp, *data[1])
     assert not np.allclose(restarted["w2"], cand_f["w2"], atol=1e-6)
+
+
+def test_reverse_candidate_loss_is_the_reference_kd_loss():
+    """``reverse = 1``: T·KL(p_s^T ‖ p_t^T) whatever w and t_ce (closed form: s = [0, 0], t = [ln 3, 0] gives
+    ½ ln(4/3) at T = 1); ``reverse = 0``: the mixture."""
+    from ev3.losses import reverse_kd_loss
+
+    s, t = jnp.zeros((1, 2)), jnp.array([[np.log(3.0), 0.0]])
+    y = jnp.array([0])
+    hp = lambda r, w=0.3, t_ce=0.5: hparams(w=w, t_kd=1.0, t_ce=t_ce, reverse=r)  # noqa: E731
+    np.testing.assert_allclose(candidate_loss(s, t, y, hp(1.0)), 0.5 * np.log(4 / 3), rtol=1e-6)
+    np.testing.assert_allclose(candidate_loss(s, t, y, hp(1.0, w=0.9, t_ce=2.0)), 0.5 * np.log(4 / 3), rtol=1e-6)
+    s2, t2 = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, C)), jnp.float32)
+    y2 = jnp.arange(5) % C
+    np.testing.assert_allclose(candidate_loss(s2, t2, y2, hparams(w=0.0, t_kd=2.0, t_ce=1.0, reverse=1.0)),
+                               reverse_kd_loss(s2, t2, 2.0), rtol=1e-6)
+    np.testing.assert_allclose(candidate_loss(s2, t2, y2, hparams(w=0.3, t_kd=2.0, t_ce=0.5, reverse=0.0)),
+                               candidate_loss(s2, t2, y2, hparams(w=0.3, t_kd=2.0, t_ce=0.5)), rtol=1e-6)
+
+
+def test_per_candidate_batches_and_update_scale_equal_sequential():
+    """Each candidate trains on its own batches with its own per-step update scale (a schedule), as the Python
+    loop does; a scale of 0 leaves the parameters where they were, and candidates on other batches differ."""
+    from ev3.protocol import ADAMW
+
+    params = mlp_init(1)
+    data = [batches(i) for i in (4, 5, 6)]
+    xy = tuple(jnp.stack([d[0][j] for d in data]) for j in range(2))
+    teacher = jnp.stack([d[1] for d in data])
+    opt_hp = hparams(learning_rate=[1e-2, 1e-2, 1e-2], weight_decay=[1e-4, 1e-2, 0.0])
+    scale = jnp.asarray(np.random.default_rng(2).uniform(0.2, 1.0, size=(3, 3)), jnp.float32).at[2].set(0.0)
+    states = init_family(ADAMW, params, opt_hp)
+    fast = explore(mlp_apply, ADAMW, params, states, LOSS_HP, opt_hp, xy, teacher, scale, per_candidate=True)
+    slow = explore_sequential(mlp_apply, ADAMW, params, states, LOSS_HP, opt_hp, xy, teacher, scale, per_candidate=True)
+    assert_trees_close(fast, slow)
+    np.testing.assert_allclose(fast[0]["w1"][2], params["w1"], rtol=0, atol=0)  # scale 0: no update at all
+    shared = explore(mlp_apply, ADAMW, params, states, LOSS_HP, opt_hp, (xy[0][0], xy[1][0]), teacher[0], scale)
+    np.testing.assert_allclose(shared[0]["w1"][0], fast[0]["w1"][0], rtol=1e-5, atol=1e-6)  # candidate 0: batches 0
+    assert not np.allclose(shared[0]["w1"][1], fast[0]["w1"][1], atol=1e-6)  # candidate 1: its own batches
+
+
+def test_cosine_scale_decays_to_zero_over_total_steps_and_restarts():
+    from ev3.methods.ev3 import cosine_scale
+
+    s = cosine_scale(np.array([True, False]), 0, 9, 8)
+    np.testing.assert_allclose(s[0], 0.5 * (1 + np.cos(np.pi * np.minimum(np.arange(9), 8) / 8)), rtol=1e-6)
+    assert s[0, 0] == 1.0 and s[0, 4] == pytest.approx(0.5) and s[0, 8] == 0.0 and np.all(s[1] == 1.0)
+    np.testing.assert_allclose(cosine_scale(np.array([True]), 4, 2, 8)[0], s[0, 4:6])

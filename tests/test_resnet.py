@@ -12,7 +12,7 @@ from flax import nnx
 from ev3 import models
 from ev3.config import ConfigError, validate
 from ev3.losses import cross_entropy
-from ev3.models.growth import grow, grown_config, size
+from ev3.models.growth import deepen_resnet_stage, deepened_resnet_config, size
 
 # Trainable parameters (nnx.Param) with 100 classes, in millions, as tabulated for CIFAR-100 by RepDistiller
 # (CRD) and mdistiller. resnet8/14/44 are not in those tables: their values follow from the definition
@@ -200,8 +200,8 @@ def test_every_model_has_the_bfloat16_switch(model):
 
 
 def assert_growth_preserves_the_function(config, network, x, y, input_shape):
-    new_config, grown = grow(config, network, input_shape, 10)
-    assert new_config == grown_config(config) and new_config["extra_blocks"] == config.get("extra_blocks", 0) + 1
+    new_config, grown = deepen_resnet_stage(config, network, input_shape, 10, jax.random.key(5), stage=2)
+    assert new_config == deepened_resnet_config(config, 2)
     assert size(new_config) == size(config) + 1
     assert models.param_count(grown.params) > models.param_count(network.params)
     for train in (False, True):  # eval: running averages; train: batch statistics, before their update

@@ -13,11 +13,13 @@ import jax
 import jax.numpy as jnp
 
 
-def crop_flip(key: jax.Array, x: jax.Array, *, padding: int = 4, flip: bool = True) -> jax.Array:
+def crop_flip(key: jax.Array, x: jax.Array, *, padding: int = 4, flip: bool = True, mode: str = "constant") -> jax.Array:
+    """``mode``: ``jnp.pad``'s padding mode (``"constant"``: zeros, as above; ``"reflect"``: mirrored borders, what
+    EV3's reference assesses with)."""
     b, h, w, c = x.shape
     k_crop, k_flip = jax.random.split(key)
     if padding:
-        padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+        padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), mode=mode)
         offsets = jax.random.randint(k_crop, (b, 2), 0, 2 * padding + 1)
         x = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
     if flip:

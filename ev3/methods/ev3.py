@@ -3,26 +3,43 @@
 Each iteration, from the current student:
 
 1. **Explore** — K = |losses| × |optimizer settings| candidates, each running ``steps_per_candidate`` (L) steps
-   on the same fresh train batches with its own loss ``w·T_kd²·KL(p_t^{T_kd} ‖ p_s^{T_kd}) + (1−w)·CE(s/T_ce)``
-   and its own optimizer state (kept across iterations); candidates of one optimizer family run vmapped in one
+   on its own fresh train batches with its own loss (the mixture ``w·T_kd²·KL(p_t^{T_kd} ‖ p_s^{T_kd}) +
+   (1−w)·CE(s/T_ce)`` or ``{loss: reverse_kl}``: ``T_kd·KL(p_s^{T_kd} ‖ p_t^{T_kd})``, the reference's) and its
+   own optimizer state (kept across iterations, won or not; ``adam``, ``adamw`` with decoupled weight decay,
+   ``sgd`` with momentum; ``schedule: cosine`` decays the learning rate to 0 over ``iterations × L`` steps,
+   restarting when growth re-initialises the states); candidates of one optimizer family run vmapped in one
    compiled call (``ev3.protocol.explore``).
-2. **Assess** — every candidate is scored per sample on a fresh random subset of the *assess* half of ``meta``;
-   the pick is the best lower confidence bound (mean − α·stderr) on the first objective.
-3. **Adapt** — on the disjoint *decide* half of ``meta``, the pick is compared with the current model and the
-   stable checkpoint by paired tests with prioritized objectives (``ev3.protocol.adapt``). The current model
-   moves on a win (always, with ``gate: false``); the stable checkpoint moves only on a significant win over
-   it. With ``gate: false`` there is no safety net: the stable checkpoint is the current model.
-4. **Grow** — after ``growth.patience`` consecutive decisions without a win, the current model gets one more
-   identity-initialized layer (``ev3.models.growth``, function-preserving) up to ``growth.max_size``; the new
-   parameters start with fresh optimizer states.
+2. **Assess** — every candidate is scored per sample on a fresh draw of ``stages.assess_samples``; the pick is
+   the best ``mean − stages.assess_alpha·stderr`` on the first objective (default α = 0: the best mean), a
+   diverged candidate never.
+3. **Decide** — on a fresh draw of ``stages.decide_samples``, one for the pick, θ and θ_s, by
+   ``decide.rule``: ``reference`` (default; the EV3 reference, :func:`ev3.protocol.adapt.reference_decision` on
+   the first objective): the current model θ ← the highest lower confidence bound (``decide.alpha``, default
+   1.96) of {pick, θ, stable θ_s} (ties in that order: θ may roll back to θ_s), θ_s ← θ's new value when its lower bound exceeds θ_s's upper bound; ``paired``
+   (:func:`ev3.protocol.adapt.adapt`): θ moves to the pick on a significant paired win over θ, θ_s on one over
+   θ_s, prioritized objectives with margins at ``confidence``; ``always``: θ ← the pick and θ_s = θ, no decide
+   stage. A round is *significant* when θ_s moved (never under ``always``).
+4. **Grow** — when at least ``growth.patience`` (k, default 5) rounds were decided since the last growth and
+   none of the last k was significant, the next round grows instead: its proposal is discarded (its student
+   steps count), θ and θ_s are grown by ``growth.operator`` with one key (``ev3.models.growth``; default per
+   student type: MLP ``expand_mlp``, CNN ``deepen_cnn`` — CNNs are only deepened —, ResNet/WRN
+   ``deepen_resnet_stage``; function-preserving, or freshly initialised with ``morphism: false``), the history
+   resets and every optimizer state is re-initialised. ``growth.max_size``: the most growth events. Under
+   ``always`` no round is significant, so the student grows every k + 1 rounds.
+
+Every round's assess and decide draws are fresh, i.i.d. with replacement, each from its own RNG stream
+(``stages.source``: ``train``, the reference: both from the training split, images assessed with a
+reflect-pad-1 crop + flip and decided with a flip; ``meta``: assess from the first half of the ``meta`` split,
+decide from the second).
 
 One round is EV3's unit of work (:class:`Round`; host-driven: statistical tests, architecture changes) in the
 shared loop :func:`ev3.train.fit`: the budget is ``iterations`` rounds (with a FLOPs budget: rounds until the
 next one would exceed it); every candidate step counts as a student step (K·L per round); evaluations on
-``val``/``test`` follow ``train.eval_every`` student steps and measure the **stable** checkpoint
-(``model(state)``), so the reported model is the evaluated stable checkpoint with the best ``val`` accuracy.
+``val``/``test`` follow ``train.eval_every`` student steps and measure the **current** model θ
+(``model(state)``), so the reported model is the evaluated θ with the best ``val`` accuracy, as for every method; ``summary`` adds the final θ's
+test accuracy (what the reference reports) and the val-selected θ_s's.
 FLOPs: explore = XLA cost of the vmapped step × L (a scan's cost analysis counts its body once); teacher
-forwards on the L train batches are teacher FLOPs; assess and decide forwards are selection FLOPs.
+forwards on the K·L train batches are teacher FLOPs; assess and decide forwards are selection FLOPs.
 """
 
 from __future__ import annotations
@@ -34,21 +51,32 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from ev3 import models
 from ev3.methods.common import Student, select  # noqa: F401  (select: the method contract's default)
-from ev3.data.augment import augment_fn
-from ev3.models.growth import grow, size
+from ev3.data.augment import augment_fn, crop_flip
+from ev3.models.growth import GROWTH_OPERATORS
+from ev3.models.mlp import hidden_widths
+from ev3.models.resnet import stage_blocks
 from ev3.protocol import assess
-from ev3.protocol.adapt import adapt
-from ev3.protocol.explore import ADAM, SGD, explore, hparams, init_family
-from ev3.protocol.state import EV3State, concat, init_state
+from ev3.protocol.adapt import REFERENCE_ORDER, adapt, reference_decision
+from ev3.protocol.explore import ADAM, ADAMW, SGD, explore, hparams, init_family
+from ev3.protocol.state import EV3State, concat, init_state, take
 from ev3.rng import seed_key, stream
 from ev3.train import FitResult, accuracy, flops_budget, frozen_logits, predict
 
-FAMILIES = {"adam": ADAM, "sgd": SGD}
+FAMILIES = {"adam": ADAM, "adamw": ADAMW, "sgd": SGD}
+STAGES = {"source": "train", "assess_samples": 128, "decide_samples": 256 * 128, "assess_alpha": 0.0}
+"""``stages`` defaults: the reference's (assess 128 samples, pick by mean; decide 256 batches of 128)."""
+DEFAULT_OPERATOR = {"mlp": "expand_mlp", "cnn": "deepen_cnn", "resnet": "deepen_resnet_stage",
+                    "wrn": "deepen_resnet_stage"}
+"""``growth.operator`` per model type when not given: the reference's (CNNs can only be deepened)."""
+OPERATOR_TYPES = {"widen_mlp": ("mlp",), "deepen_mlp": ("mlp",), "expand_mlp": ("mlp",), "deepen_cnn": ("cnn",),
+                  "deepen_resnet_stage": ("resnet", "wrn"), "double_resnet": ("resnet", "wrn")}
+ALPHA = 1.96  # decide.alpha default: the reference's KD configs
 
 
 def _variables(net: models.Network) -> dict:
@@ -78,31 +106,52 @@ class _Arch:
         return self.fns[name]
 
 
-def _candidates(options: dict) -> list[tuple[str, dict, dict]]:
-    """(family, loss hparams, optimizer hparams) per candidate, grouped by family in config order."""
-    out = []
-    for opt in options["optimizers"]:
-        hp = {k: v for k, v in opt.items() if k != "name"}
-        if opt["name"] == "sgd":
-            hp.setdefault("momentum", 0.0)
-        out += [(opt["name"], dict(loss), hp) for loss in options["losses"]]
+OPTIMIZER_DEFAULTS = {"adam": {}, "adamw": {"weight_decay": 1e-4}, "sgd": {"momentum": 0.0}}
+
+
+def _loss_hparams(loss: dict) -> dict:
+    """A ``losses`` entry as the hparams of :func:`ev3.protocol.explore.candidate_loss`: the mixture
+    ``{w, t_kd, t_ce}`` or ``{loss: reverse_kl, t_kd}`` (reverse KL × T_kd; ``w``, ``t_ce`` unused)."""
+    if loss.get("loss") == "reverse_kl":
+        return {"w": 0.0, "t_kd": loss["t_kd"], "t_ce": 1.0, "reverse": 1.0}
+    return {"w": loss["w"], "t_kd": loss["t_kd"], "t_ce": loss["t_ce"], "reverse": 0.0}
+
+
+def _candidates(options: dict) -> list[tuple[str, dict, dict, str]]:
+    """(family, loss spec, optimizer hparams, schedule) per candidate, grouped by family in config order."""
+    out, names = [], [opt["name"] for opt in options["optimizers"]]
+    for opt in sorted(options["optimizers"], key=lambda opt: names.index(opt["name"])):  # families contiguous
+        hp = {**OPTIMIZER_DEFAULTS[opt["name"]], **{k: v for k, v in opt.items() if k not in ("name", "schedule")}}
+        out += [(opt["name"], dict(loss), hp, opt.get("schedule", "constant")) for loss in options["losses"]]
     return out
 
 
-def _family_batches(candidates) -> dict[str, tuple[list[int], dict, dict]]:
-    """family → (candidate indices, stacked loss hparams, stacked optimizer hparams)."""
+def _family_batches(candidates) -> dict[str, tuple[list[int], dict, dict, np.ndarray]]:
+    """family → (candidate indices, stacked loss hparams, stacked optimizer hparams, cosine flags (K_f,))."""
     groups: dict = {}
-    for i, (fam, loss, opt) in enumerate(candidates):
-        groups.setdefault(fam, []).append((i, loss, opt))
+    for i, (fam, loss, opt, schedule) in enumerate(candidates):
+        groups.setdefault(fam, []).append((i, _loss_hparams(loss), opt, schedule == "cosine"))
     return {
-        fam: ([i for i, _, _ in g], hparams(**{k: [l[k] for _, l, _ in g] for k in ("w", "t_kd", "t_ce")}),
-              hparams(**{k: [o[k] for _, _, o in g] for k in g[0][2]}))
-        for fam, g in groups.items()
+        fam: ([g[0] for g in group],
+              hparams(**{k: [g[1][k] for g in group] for k in ("w", "t_kd", "t_ce", "reverse")}),
+              hparams(**{k: [g[2][k] for g in group] for k in group[0][2]}),
+              np.array([g[3] for g in group]))
+        for fam, group in (sorted(groups.items(), key=lambda kv: kv[1][0][0]))
     }
 
 
+def cosine_scale(cosine: np.ndarray, start: int, steps: int, total: int) -> np.ndarray:
+    """(K, steps) float32 update multipliers of steps ``start … start + steps − 1`` since the optimizer states were
+    (re)initialised: ``½(1 + cos(π·min(s, total)/total))`` where ``cosine``, else 1 (cosine decay to 0 over
+    ``total`` steps, as the reference's SGD, restarting when growth re-initialises the states)."""
+    s = np.minimum(np.arange(start, start + steps), total) / max(total, 1)
+    decay = 0.5 * (1.0 + np.cos(np.pi * s))
+    return np.where(np.asarray(cosine)[:, None], decay[None, :], 1.0).astype(np.float32)
+
+
 def _objectives(options: dict) -> list[tuple[str, bool, float]]:
-    return [(o["metric"], assess.METRICS[o["metric"]].higher_is_better, o["margin"]) for o in options["objectives"]]
+    return [(o["metric"], assess.METRICS[o["metric"]].higher_is_better, o.get("margin", 0.0))
+            for o in options["objectives"]]
 
 
 def _finite(scores: dict) -> bool:
@@ -110,7 +159,7 @@ def _finite(scores: dict) -> bool:
 
 
 def _init_opt_states(families: dict, params) -> dict:
-    return {fam: init_family(FAMILIES[fam], params, ohp) for fam, (_, _, ohp) in families.items()}
+    return {fam: init_family(FAMILIES[fam], params, ohp) for fam, (_, _, ohp, _) in families.items()}
 
 
 @struct.dataclass
@@ -129,15 +178,16 @@ def _model(a: _Arch, v) -> Model:
 @dataclass
 class EV3Run:
     """EV3's method state (host-side). ``protocol``: current and stable parameters, every candidate's optimizer
-    state, stall count; ``arch`` / ``stable_arch``: the current and stable architectures; ``decisions`` and
+    state; ``arch``: their architecture (θ and θ_s always share it: growth grows both); ``significant``: whether
+    each round since the last growth moved θ_s (the growth trigger's history); ``decisions`` and
     ``growth_events`` so far; ``last_losses``: the last round's candidate training losses (K,); ``rounds``: rounds
     done."""
 
     protocol: EV3State
     arch: _Arch
-    stable_arch: _Arch
     candidates: list
     objectives: list
+    significant: list = field(default_factory=list)
     decisions: list = field(default_factory=list)
     growth_events: list = field(default_factory=list)
     last_losses: np.ndarray | None = None
@@ -150,7 +200,7 @@ def init(spec, data, teacher, key) -> EV3Run:
     params = _variables(net)
     arch = _Arch(dict(spec.model), net.graphdef)
     protocol = init_state(params, _init_opt_states(_family_batches(candidates), params))
-    return EV3Run(protocol, arch, arch, candidates, _objectives(spec.options))
+    return EV3Run(protocol, arch, candidates, _objectives(spec.options))
 
 
 def evaluate(model: Model, x):
@@ -158,8 +208,8 @@ def evaluate(model: Model, x):
 
 
 def model(state: EV3Run) -> Model:
-    """The stable checkpoint: what EV3 evaluates and reports."""
-    return _model(state.stable_arch, state.protocol.stable_params)
+    """The current model θ: what EV3 evaluates and reports (val-selected like every method's)."""
+    return _model(state.arch, state.protocol.params)
 
 
 def population_size(spec) -> None:
@@ -167,8 +217,8 @@ def population_size(spec) -> None:
 
 
 def teacher_passes(spec) -> tuple[int, int]:
-    """Teacher forwards per round: one per candidate step batch (L); no backward."""
-    return spec.options["steps_per_candidate"], 0
+    """Teacher forwards per round: one per candidate step batch (K·L, every candidate draws its own); no backward."""
+    return budget_share(spec.options), 0
 
 
 def budget_share(options: dict) -> int:
@@ -182,10 +232,14 @@ def with_units(options: dict, train: dict, units: int) -> tuple[dict, dict]:
 
 
 def track(state: EV3Run, data, counter, teacher) -> dict:
-    """The round evaluated and the current model's ``val`` accuracy (reporting; not selection FLOPs)."""
-    x_val, y_val = data.splits["val"]
-    logits, _ = predict(counter, evaluate, _model(state.arch, state.protocol.params), x_val)
-    return {"iteration": state.rounds - 1, "current_val_accuracy": accuracy(logits, y_val)}
+    """The round evaluated and the stable model θ_s's ``val`` and ``test`` accuracy (reporting: the val-selected
+    θ_s in ``summary``; not selection FLOPs)."""
+    stable = _model(state.arch, state.protocol.stable_params)
+    out = {"iteration": state.rounds - 1}
+    for split in ("val", "test"):
+        x, y = data.splits[split]
+        out[f"stable_{split}_accuracy"] = accuracy(predict(counter, evaluate, stable, x)[0], y)
+    return out
 
 
 def work(ctx) -> "Round":
@@ -196,8 +250,8 @@ class Round:
     """EV3's unit of work: one explore → assess → decide → grow round (see the module docstring).
 
     A checkpoint holds the current and stable parameters, every candidate's optimizer state, both
-    architectures' configs (a grown student is rebuilt from its config), the stall count, decisions, growth
-    events and the last round's losses. Batches and assess subsets are functions of the round number, so a
+    architecture's config (a grown student is rebuilt from its config), the growth trigger's history, decisions,
+    growth events and the last round's losses. Batches and assess subsets are functions of the round number, so a
     resumed run ends as an uninterrupted one would. EV3 runs on one device (no data parallelism)."""
 
     def __init__(self, ctx):
@@ -206,6 +260,7 @@ class Round:
         spec, data, teacher, counter = ctx.spec, ctx.data, ctx.teacher, ctx.counter
         self.o = o = spec.options
         self.families = _family_batches(_candidates(o))
+        self.growth_key = stream(seed_key(spec.seed), "growth")
         self.metric_names = sorted({name for name, _, _ in _objectives(o)} | {"accuracy"})
         self.L, B = L, B = o["steps_per_candidate"], spec.train["batch_size"]
         self.K = len(_candidates(o))
@@ -213,29 +268,44 @@ class Round:
         self.steps_per_unit = self.K * L
         self.units_per_call = 1  # a round is not a step: train.steps_per_call does not apply
         x_train, y_train = data.splits["train"]
-        x_meta, y_meta = data.splits["meta"]
-        half = x_meta.shape[0] // 2  # meta is stratified and shuffled per class: first half assesses, rest decides
-        x_assess, y_assess = x_meta[:half], y_meta[:half]
-        self.decide = (x_meta[half:], y_meta[half:])
-        n_assess = min(o["assess_samples"], half)
-        self.teacher_decide, _ = predict(counter, frozen_logits, teacher, self.decide[0])
-        teacher_assess_all, _ = predict(counter, frozen_logits, teacher, x_assess)
+        self.stages = stages = {**STAGES, **o.get("stages", {})}
+        if stages["source"] == "train":  # the reference: every stage draws from the training split
+            assess_pool = decide_pool = (x_train, y_train)
+        else:  # meta is stratified and shuffled per class: the first half assesses, the rest decides
+            x_meta, y_meta = data.splits["meta"]
+            half = x_meta.shape[0] // 2
+            assess_pool, decide_pool = (x_meta[:half], y_meta[:half]), (x_meta[half:], y_meta[half:])
+        image = x_train.ndim == 4 and stages["source"] == "train"
+        assess_aug = partial(crop_flip, padding=1, flip=True, mode="reflect") if image else None
+        decide_aug = partial(crop_flip, padding=0, flip=True) if image else None
+        needs_teacher = "teacher_agreement" in self.metric_names
         key = seed_key(spec.seed)
-        self.order_key, self.assess_key = stream(key, "batch_order"), stream(key, "assess")
+        self.order_key, self.assess_key, self.decide_key = (stream(key, s) for s in ("batch_order", "assess", "decide"))
         augment = augment_fn(spec.train.get("augment"))
         self.built: dict = {}
 
-        def draw(teacher, order_key, assess_key, it):  # keys are arguments: other seeds reuse the compiled kernel
-            """This round's L train batches (augmented with ``train.augment``) with their teacher logits, and a
-            fresh subset of the assess half."""
-            idx = jax.random.randint(jax.random.fold_in(order_key, it), (L * B,), 0, x_train.shape[0])
+        K = self.K
+
+        def draw(teacher, order_key, it):  # keys are arguments: other seeds reuse the compiled kernel
+            """This round's L train batches of each of the K candidates (augmented with ``train.augment``) with
+            their teacher logits, ``(K, L, B, ...)``."""
+            idx = jax.random.randint(jax.random.fold_in(order_key, it), (K * L * B,), 0, x_train.shape[0])
             xb, yb = x_train[idx], y_train[idx]
             if augment is not None:
                 xb = augment(stream(jax.random.fold_in(order_key, it), "augment"), xb)
-            a_idx = jax.random.choice(jax.random.fold_in(assess_key, it), half, (n_assess,), replace=False)
-            return (xb.reshape(L, B, *xb.shape[1:]), yb.reshape(L, B), teacher(xb).reshape(L, B, -1),
-                    x_assess[a_idx], y_assess[a_idx], teacher_assess_all[a_idx])
+            return xb.reshape(K, L, B, *xb.shape[1:]), yb.reshape(K, L, B), teacher(xb).reshape(K, L, B, -1)
 
+        def sample(teacher, key, it, pool, n, aug):
+            """``n`` fresh samples of ``pool``, i.i.d. with replacement, augmented by ``aug``, with the teacher's
+            logits where a metric reads them (zeros otherwise)."""
+            k = jax.random.fold_in(key, it)
+            idx = jax.random.randint(k, (n,), 0, pool[0].shape[0])
+            x = pool[0][idx] if aug is None else aug(stream(k, "augment"), pool[0][idx])
+            t = teacher(x) if needs_teacher else jnp.zeros((n, data.num_classes), jnp.float32)
+            return x, pool[1][idx], t
+
+        self.draw_assess = partial(sample, pool=assess_pool, n=stages["assess_samples"], aug=assess_aug)
+        self.draw_decide = partial(sample, pool=decide_pool, n=stages["decide_samples"], aug=decide_aug)
         self.draw = draw
 
     def load(self, state: EV3Run, units_done: int) -> None:
@@ -251,18 +321,32 @@ class Round:
         self.ctx.flops["selection"] += f
         return {k: np.asarray(v) for k, v in compiled(params, x, y, t).items()}
 
+    def _sample(self, stage: str, it: int):
+        """Round ``it``'s fresh ``stage`` draw ``(x, y, teacher logits)`` (teacher forwards: selection FLOPs)."""
+        args = (self.ctx.teacher, getattr(self, f"{stage}_key"), np.int32(it))
+        compiled, f = self.ctx.counter.compile(f"draw_{stage}", getattr(self, f"draw_{stage}"), *args)
+        self.ctx.flops["selection"] += f
+        return compiled(*args)
+
     def advance(self, it: int, count: int = 1) -> None:
         ctx, o, run, flops, L, K = self.ctx, self.o, self.run, self.ctx.flops, self.L, self.K
-        state, arch, stable_arch, counter = run.protocol, run.arch, run.stable_arch, ctx.counter
-        draw_args = (ctx.teacher, self.order_key, self.assess_key, np.int32(it))
+        state, arch, counter = run.protocol, run.arch, ctx.counter
+        growth = o["growth"]
+        grows = (bool(growth) and len(run.growth_events) < growth["max_size"]
+                 and _stalled(run.significant, growth["patience"]))
+        draw_args = (ctx.teacher, self.order_key, np.int32(it))
         draw_c, f_t = counter.compile("draw", self.draw, *draw_args)
-        xb, yb, teacher_logits, xa, ya, ta = draw_c(*draw_args)
+        xb, yb, teacher_logits = draw_c(*draw_args)
         flops["teacher"] += f_t
 
         family_params, new_opt_states, losses = [], {}, np.zeros(K)
-        for fam, (ids, lhp, ohp) in self.families.items():  # candidate ids are contiguous per family, in order
-            fn = arch.fn(f"explore_{fam}", lambda fam=fam: partial(explore, arch.train_apply, FAMILIES[fam]))
-            args = (state.params, state.opt_states[fam], lhp, ohp, (xb, yb), teacher_logits)
+        origin = run.growth_events[-1]["iteration"] + 1 if run.growth_events else 0  # the states' first round
+        for fam, (ids, lhp, ohp, cosine) in self.families.items():  # candidate ids are contiguous per family, in order
+            fn = arch.fn(f"explore_{fam}",
+                         lambda fam=fam: partial(explore, arch.train_apply, FAMILIES[fam], per_candidate=True))
+            scale = cosine_scale(cosine, (it - origin) * L, L, o["iterations"] * L)
+            sl = slice(ids[0], ids[-1] + 1)
+            args = (state.params, state.opt_states[fam], lhp, ohp, (xb[sl], yb[sl]), teacher_logits[sl], scale)
             compiled, f = counter.compile(f"explore_{fam}", fn, *args)
             flops["student"] += f * L
             params_f, opt_f, loss_f = compiled(*args)
@@ -271,42 +355,79 @@ class Round:
             family_params.append(params_f)
         batched = concat(family_params) if len(family_params) > 1 else family_params[0]
         state = state._replace(opt_states=new_opt_states)
+
         student_steps = (it + 1) * K * L
-
-        x_decide, y_decide = self.decide
+        if grows:  # this round's proposal is discarded (its steps count): θ and θ_s grow instead
+            self.run = self._grow(it, state, arch, losses, student_steps)
+            return
+        xa, ya, ta = self._sample("assess", it)
         assess_scores = self._score(arch, batched, xa, ya, ta, True)
-        decide_scores = self._score(arch, batched, x_decide, y_decide, self.teacher_decide, True)
-        current_scores = self._score(arch, state.params, x_decide, y_decide, self.teacher_decide, False)
-        stable_scores = self._score(stable_arch, state.stable_params, x_decide, y_decide, self.teacher_decide, False)
-        state, decision = adapt(
-            state, batched, decide_scores, current_scores, stable_scores,
-            objectives=run.objectives, confidence=o["confidence"], alpha=o["lcb_alpha"], gate=o["gate"],
-            assess_scores=assess_scores,
-        )
-        picked = decision["candidate"]
-        fam, loss_hp, opt_hp = run.candidates[picked]
-        decision["nonfinite_candidates"] = [int(i) for i in np.flatnonzero(~np.isfinite(losses))]  # never picked
-        if not o["gate"]:
-            state = state._replace(stable_params=state.params)
-            decision["stable_moved"] = True
-        if decision["stable_moved"]:
-            stable_arch = arch
-        decision.update(family=fam, loss=loss_hp, optimizer=opt_hp, student_steps=student_steps, train_loss=float(losses[picked]))
-        decisions, growth_events = run.decisions + [decision], run.growth_events
+        name, higher, _ = run.objectives[0]
+        finite = np.isfinite(losses) & _finite_members(batched, K)
+        lcb = assess.lower_confidence_bound(assess_scores[name], self.stages["assess_alpha"], higher)
+        picked = int(np.argmax(np.where(finite & np.isfinite(lcb), lcb, -np.inf)))  # a diverged candidate loses
+        rule = o["decide"]["rule"]
+        if rule != "always":  # one fresh draw, on which the pick, θ and θ_s are all scored
+            x_decide, y_decide, t_decide = self._sample("decide", it)
+        if rule == "paired":
+            decide_scores = self._score(arch, batched, x_decide, y_decide, t_decide, True)
+            current_scores = self._score(arch, state.params, x_decide, y_decide, t_decide, False)
+            stable_scores = self._score(arch, state.stable_params, x_decide, y_decide, t_decide, False)
+            state, decision = adapt(
+                state, batched, decide_scores, current_scores, stable_scores,
+                objectives=run.objectives, confidence=o["confidence"], alpha=self.stages["assess_alpha"],
+                assess_scores=assess_scores, candidate=picked,
+            )
+            decision.update(rule=rule, winner="candidate" if decision["accepted"] else "current")
+        else:
+            chosen = take(batched, picked)
+            decision = {"iteration": state.iteration, "rule": rule, "candidate": picked}
+            if rule == "always":  # θ ← the candidate, θ_s = θ: no decide stage (unless every candidate diverged)
+                winner = "candidate" if finite.any() else "current"
+                stable_moved = True
+            else:
+                scores = [self._score(arch, p, x_decide, y_decide, t_decide, False)[name]
+                          for p in (chosen, state.params, state.stable_params)]
+                oriented = [s if higher else -s for s in scores]
+                winner, stable_moved = reference_decision(*oriented, alpha=o["decide"].get("alpha", ALPHA))
+                decision["objectives"] = {name: {f"{who}_mean": float(np.mean(np.asarray(s, np.float64)))
+                                                 for who, s in zip(REFERENCE_ORDER, scores)}}
+            params = {"candidate": chosen, "current": state.params, "stable": state.stable_params}[winner]
+            state = state._replace(params=params, stable_params=params if stable_moved else state.stable_params,
+                                   iteration=state.iteration + 1)
+            decision.update(winner=winner, accepted=winner == "candidate", stable_moved=stable_moved)
+        decision.update(rolled_back=decision["winner"] == "stable", grew=False)
+        fam, loss_hp, opt_hp, schedule = run.candidates[picked]
+        decision["nonfinite_candidates"] = [int(i) for i in np.flatnonzero(~finite)]  # never picked
+        decision.update(family=fam, loss=loss_hp, optimizer={**opt_hp, "schedule": schedule},
+                        student_steps=student_steps, train_loss=float(losses[picked]))
+        significant = decision["stable_moved"] and rule != "always"  # under always θ_s = θ moves trivially
+        self.run = dataclasses.replace(run, protocol=state, decisions=run.decisions + [decision],
+                                       significant=run.significant + [significant], last_losses=losses, rounds=it + 1)
 
-        if o["growth"] and state.stall_count >= o["growth"]["patience"] and size(arch.config) < o["growth"]["max_size"]:
-            before, old_config = models.param_count(state.params["params"]), arch.config
-            current = models.Network(arch.graphdef, state.params["params"], state.params["rest"])
-            new_config, grown = grow(arch.config, current, ctx.data.input_shape, ctx.data.num_classes)
-            arch = _Arch(new_config, grown.graphdef)
-            grown_params = _variables(grown)
-            state = state._replace(params=grown_params, opt_states=_init_opt_states(self.families, grown_params), stall_count=0)
-            growth_events = growth_events + [{
-                "iteration": it, "student_steps": student_steps, "from_arch": _arch_name(old_config),
-                "to_arch": _arch_name(new_config), "params_before": before, "params": models.param_count(grown.params)}]
-            ctx.log(f"[{ctx.spec.method} seed{ctx.spec.seed}] iteration {it}: grew to {growth_events[-1]['to_arch']}")
-        self.run = dataclasses.replace(run, protocol=state, arch=arch, stable_arch=stable_arch, decisions=decisions,
-                                       growth_events=growth_events, last_losses=losses, rounds=it + 1)
+    def _grow(self, it: int, state: EV3State, arch: _Arch, losses, student_steps: int) -> EV3Run:
+        """θ and θ_s grown by ``growth.operator`` with one key (the same random choice and new weights), fresh
+        optimizer states for every candidate, the trigger's history reset."""
+        ctx, run, growth = self.ctx, self.run, self.o["growth"]
+        op = GROWTH_OPERATORS[growth.get("operator") or DEFAULT_OPERATOR[arch.config["type"]]]
+        key = jax.random.fold_in(self.growth_key, it)
+        shape, classes, morphism = ctx.data.input_shape, ctx.data.num_classes, growth.get("morphism", True)
+        grown = [op(arch.config, models.Network(arch.graphdef, v["params"], v["rest"]), shape, classes, key,
+                    morphism=morphism) for v in (state.params, state.stable_params)]
+        new_config, (current, stable) = grown[0][0], (_variables(n) for _, n in grown)
+        new_arch = _Arch(new_config, grown[0][1].graphdef)
+        state = state._replace(params=current, stable_params=stable,
+                               opt_states=_init_opt_states(self.families, current), iteration=state.iteration + 1)
+        event = {"iteration": it, "student_steps": student_steps, "operator": op.__name__, "morphism": morphism,
+                 "from_arch": _arch_name(arch.config), "to_arch": _arch_name(new_config),
+                 "params_before": models.param_count(run.protocol.params["params"]),
+                 "params": models.param_count(current["params"])}
+        ctx.log(f"[{ctx.spec.method} seed{ctx.spec.seed}] iteration {it}: grew to {event['to_arch']}")
+        decision = {"iteration": it, "rule": self.o["decide"]["rule"], "grew": True, "winner": "current",
+                    "accepted": False, "stable_moved": False, "rolled_back": False, "student_steps": student_steps,
+                    "train_loss": _min_finite(losses)}
+        return dataclasses.replace(run, protocol=state, arch=new_arch, significant=[], decisions=run.decisions + [decision],
+                                   growth_events=run.growth_events + [event], last_losses=losses, rounds=it + 1)
 
     def train_loss(self) -> float | None:
         return _min_finite(self.run.last_losses)
@@ -327,13 +448,13 @@ class Round:
         run, p = self.run, self.run.protocol
         trees = {"params": p.params, "opt_states": p.opt_states, "stable_params": p.stable_params}
         meta = {"state_iteration": p.iteration, "stall_count": p.stall_count, "arch": run.arch.config,
-                "stable_arch": run.stable_arch.config, "decisions": _json_safe(run.decisions),
+                "significant": run.significant, "decisions": _json_safe(run.decisions),
                 "growth_events": run.growth_events, "last_losses": _json_safe(list(run.last_losses))}
         return trees, meta
 
     def _arch_like(self, config: dict):
         """An :class:`_Arch` and a parameter pytree shaped like ``config``'s model (one per config)."""
-        name = _arch_name(config)
+        name = json.dumps(config, sort_keys=True)
         if name not in self.built:
             net = models.build(config, self.ctx.data.input_shape, self.ctx.data.num_classes, jax.random.key(0))
             self.built[name] = (_Arch(config, net.graphdef), _variables(net))
@@ -341,15 +462,13 @@ class Round:
 
     def likes(self, meta: dict) -> dict:
         params = self._arch_like(meta["arch"])[1]
-        return {"params": params, "opt_states": _init_opt_states(self.families, params),
-                "stable_params": self._arch_like(meta["stable_arch"])[1]}
+        return {"params": params, "opt_states": _init_opt_states(self.families, params), "stable_params": params}
 
     def restore(self, trees: dict, meta: dict, units_done: int) -> None:
         protocol = EV3State(trees["params"], trees["opt_states"], trees["stable_params"], meta["state_iteration"], meta["stall_count"])
         self.run = dataclasses.replace(
-            self.run, protocol=protocol, arch=self._arch_like(meta["arch"])[0],
-            stable_arch=self._arch_like(meta["stable_arch"])[0], decisions=meta["decisions"],
-            growth_events=meta["growth_events"], rounds=units_done,
+            self.run, protocol=protocol, arch=self._arch_like(meta["arch"])[0], significant=meta["significant"],
+            decisions=meta["decisions"], growth_events=meta["growth_events"], rounds=units_done,
             last_losses=np.array([np.nan if x is None else x for x in meta["last_losses"]]),
         )
 
@@ -360,6 +479,20 @@ class Round:
         return _model(*self._arch_like(meta["arch"]))
 
 
+def _finite_members(batched, k: int) -> np.ndarray:
+    """(K,) bool: every parameter of candidate k is finite."""
+    ok = np.ones(k, bool)
+    for leaf in jax.tree.leaves(batched):
+        ok &= np.asarray(jnp.isfinite(leaf).reshape(k, -1).all(axis=1))
+    return ok
+
+
+def _stalled(significant: list, patience: int) -> bool:
+    """The growth trigger: at least ``patience`` rounds decided since the last growth, none of the last
+    ``patience`` significant (θ_s moved)."""
+    return len(significant) >= patience and not any(significant[-patience:])
+
+
 def _min_finite(losses: np.ndarray) -> float | None:
     """The round's best finite candidate training loss (None if every candidate diverged)."""
     finite = losses[np.isfinite(losses)]
@@ -367,8 +500,12 @@ def _min_finite(losses: np.ndarray) -> float | None:
 
 
 def _arch_name(config: dict) -> str:
-    unit = {"mlp": "depth", "cnn": "convs"}.get(config["type"], "blocks")
-    return f"{config['type']}-{unit}{size(config)}"
+    """``mlp-64x64`` (hidden widths), ``cnn-16-16`` (channels), ``resnet-1-2-1`` / ``wrn-…`` (blocks per stage)."""
+    if config["type"] == "mlp":
+        return "mlp-" + "x".join(map(str, hidden_widths(config)))
+    if config["type"] == "cnn":
+        return "cnn-" + "-".join(map(str, config["channels"]))
+    return f"{config['type']}-" + "-".join(map(str, stage_blocks(config)))
 
 
 def _json_safe(obj):
@@ -386,26 +523,39 @@ def _json_safe(obj):
 
 def summary(result: FitResult) -> dict:
     """The ``ev3`` object of metrics.json (non-finite statistics are null): candidates, objectives, decisions,
-    growth, architectures and the trajectory of the evaluations (stable and current model)."""
+    growth, architectures, the round counters, the trajectory of the evaluations (θ and θ_s), the final θ's test
+    accuracy (what the reference reports) and the test accuracy of θ_s at its best ``val`` evaluation."""
     run, selected = result.state, result.selected_state
     trajectory = [
         {"iteration": t["iteration"], "student_steps": t["student_steps"], "flops": h["flops"],
-         "stable_val_accuracy": h["val_accuracy"], "current_val_accuracy": t["current_val_accuracy"],
-         "stable_test_accuracy": h["test_accuracy"]}
+         "current_val_accuracy": h["val_accuracy"], "current_test_accuracy": h["test_accuracy"],
+         "stable_val_accuracy": t["stable_val_accuracy"], "stable_test_accuracy": t["stable_test_accuracy"]}
         for t, h in zip(result.tracked, result.history)
     ]
-    accepted = sum(d["accepted"] for d in run.decisions)
+    best_stable = max(trajectory, key=lambda e: e["stable_val_accuracy"]) if trajectory else {}  # earliest on ties
+    decided = [d for d in run.decisions if not d["grew"]]
+    accepted = sum(d["accepted"] for d in decided)
     return _json_safe({
-        "candidates": [{"family": f, "loss": l, "optimizer": h} for f, l, h in run.candidates],
+        "candidates": [{"family": f, "loss": l, "optimizer": {**h, "schedule": c}} for f, l, h, c in run.candidates],
         "objectives": [{"metric": n, "higher_is_better": h, "margin": m} for n, h, m in run.objectives],
         "iterations": len(run.decisions),
+        "rounds": {
+            "total": len(run.decisions),
+            "moved_current": sum(d["winner"] != "current" for d in decided),
+            "moved_stable": sum(d["stable_moved"] for d in decided),
+            "rolled_back": sum(d["rolled_back"] for d in decided),
+            "grew": len(run.decisions) - len(decided),
+        },
         "accepted": accepted,
-        "rejected": len(run.decisions) - accepted,
-        "stable_moves": sum(d["stable_moved"] for d in run.decisions),
+        "rejected": len(decided) - accepted,
+        "stable_moves": sum(d["stable_moved"] for d in decided),
+        "final_current_test_accuracy": result.history[-1]["test_accuracy"] if result.history else None,
+        "selected_stable_val_accuracy": best_stable.get("stable_val_accuracy"),
+        "selected_stable_test_accuracy": best_stable.get("stable_test_accuracy"),
         "decisions": run.decisions,
         "growth_events": run.growth_events,
-        "final_arch": run.stable_arch.config,
-        "final_params": models.param_count(run.protocol.stable_params["params"]),
+        "final_arch": run.arch.config,
+        "final_params": models.param_count(run.protocol.params["params"]),
         "selected_arch": json.loads(selected.arch),
         "selected_params": models.param_count(selected.student.params),
         "current_arch": run.arch.config,

@@ -131,28 +131,28 @@ def adapt(
     objectives,
     confidence: float = 0.95,
     alpha: float = 1.0,
-    gate: bool = True,
     assess_scores: dict | None = None,
+    candidate: int | None = None,
 ) -> tuple[EV3State, dict]:
-    """Pick a candidate and move the current / stable models.
+    """Pick a candidate and move the current / stable models by paired tests (EV3's ``decide.rule: paired``).
 
     candidate_params: batched ``(K, ...)``; cand_scores ``{name: (K, N)}``; current_scores / stable_scores
     ``{name: (N,)}`` of ``state.params`` / ``state.stable_params`` on the same samples. The pick is the best
     lower confidence bound (``alpha``) on the first objective, computed on ``assess_scores`` ``{name: (K, M)}``
-    (fresh samples disjoint from the decision samples) when given, else on ``cand_scores``. The current model moves to it if it wins by
-    :func:`prioritized_decision` or unconditionally when ``gate=False``; the stable model moves only if it wins
+    (fresh samples disjoint from the decision samples) when given, else on ``cand_scores``; ``candidate`` (an
+    index) overrides the pick. The current model moves to it if it wins by
+    :func:`prioritized_decision`; the stable model moves only if it wins
     against the stable model. ``stall_count`` counts consecutive decisions without a win against the current
     model. ``opt_states`` are left to the caller. Returns ``(new_state, log)``, the log holding plain Python values.
     """
     name, higher_is_better, _ = objectives[0]
-    k = pick(cand_scores if assess_scores is None else assess_scores, name, alpha, higher_is_better)
+    k = pick(cand_scores if assess_scores is None else assess_scores, name, alpha, higher_is_better) if candidate is None else candidate
     cand = {n: np.asarray(s)[k] for n, s in cand_scores.items()}
     vs_current = prioritized_decision(cand, current_scores, objectives, confidence)
     vs_stable = prioritized_decision(cand, stable_scores, objectives, confidence)
     chosen = take(candidate_params, k)
-    current_moved = vs_current.accepted or not gate
     new_state = state._replace(
-        params=chosen if current_moved else state.params,
+        params=chosen if vs_current.accepted else state.params,
         stable_params=chosen if vs_stable.accepted else state.stable_params,
         iteration=state.iteration + 1,
         stall_count=0 if vs_current.accepted else state.stall_count + 1,
@@ -161,10 +161,8 @@ def adapt(
     log = {
         "iteration": state.iteration,
         "candidate": k,
-        "gate": gate,
         "accepted": vs_current.accepted,
         "deciding_objective": vs_current.deciding_objective,
-        "current_moved": current_moved,
         "stable_moved": vs_stable.accepted,
         "stable_deciding_objective": vs_stable.deciding_objective,
         "stall_count": new_state.stall_count,

@@ -253,40 +253,58 @@ def _band_label(method: str, n: int, k: int) -> str:
     return f"{method}: median, {100 * BAND[0]:g}–{100 * BAND[1]:g} % of {n} runs ({k} shown)"
 
 
+EV3_MARKERS = {"accepted": ("^", "θ took the candidate"), "rolled_back": ("v", "θ rolled back to θ_s"),
+               "kept": ("x", "θ kept")}
+
+
+def _ev3_outcome(decision: dict) -> str | None:
+    """``accepted`` / ``rolled_back`` / ``kept`` for a decided round; None for a growth round."""
+    if decision.get("grew"):
+        return None
+    return "accepted" if decision.get("accepted") else "rolled_back" if decision.get("rolled_back") else "kept"
+
+
 def ev3_trajectory(all_metrics: list[dict], order: list[str], path: str, k: int = SAMPLE_RUNS) -> None:
-    """Runs with an ``ev3`` object: test accuracy vs cumulative FLOPs per run; ``ev3.decisions`` entries as ▲
-    (``accepted`` true) or ✕ (false); ``ev3.growth_events`` as dotted vertical lines. Per method at most ``k``
-    runs (see :func:`sample`) are drawn so; a method with more runs also gets the median and
-    :data:`BAND` band of all its runs (thick line, shaded), so the figure's artists do not grow beyond ``k``
-    runs per method."""
+    """Runs with an ``ev3`` object: test accuracy of θ (the reported current model, solid) and of θ_s
+    (``ev3.trajectory`` ``stable_test_accuracy``, dashed) vs cumulative FLOPs per run; each decided round of
+    ``ev3.decisions`` as ▲ (θ took the candidate), ▼ (θ rolled back to θ_s) or ✕ (θ kept), on θ's line;
+    ``ev3.growth_events`` as dotted vertical lines. Per method at most ``k`` runs (see :func:`sample`) are drawn
+    so; a method with more runs also gets the median and :data:`BAND` band of θ over all its runs (thick line,
+    shaded), so the figure's artists do not grow beyond ``k`` runs per method."""
     runs = [m for m in all_metrics if "ev3" in m]
     keys = _groups(runs)
     fig, axes = _panels(keys)
     color = colors(order)
     for ax, key in zip(axes, keys):
         drawn, banded = sample([m for m in runs if (m["dataset"], m["student"]) == key], k)
-        points = {}  # (method, accepted) -> [(x, accuracy %)]: one scatter each
+        points = {}  # (method, outcome) -> [(x, accuracy %)]: one scatter each
         for m in drawn:
             h, c = m["history"], color[m["method"]]
             ax.plot(series(h, "flops"), 100 * series(h, "test_accuracy"), color=c, alpha=0.7, label=m["method"])
+            stable = [e for e in _entries(m["ev3"], "trajectory") if _number(e.get("flops")) and _number(e.get("stable_test_accuracy"))]
+            if stable:
+                ax.plot([e["flops"] for e in stable], [100 * e["stable_test_accuracy"] for e in stable], color=c, ls="--", alpha=0.5)
             for d in _entries(m["ev3"], "decisions"):
-                x = _at_flops(d, h)
-                points.setdefault((m["method"], bool(d.get("accepted"))), []).append((x, 100 * _accuracy_at(d, x, h)))
+                outcome = _ev3_outcome(d)
+                if outcome is not None:
+                    x = _at_flops(d, h)
+                    points.setdefault((m["method"], outcome), []).append((x, 100 * _accuracy_at(d, x, h)))
             for event in _entries(m["ev3"], "growth_events"):
                 ax.axvline(_at_flops(event, h), color=c, ls=":", alpha=0.6)
-        for (method, accepted), xy in points.items():
-            ax.scatter(*np.array(xy).T, color=color[method], marker="^" if accepted else "x", s=40, zorder=3)
+        for (method, outcome), xy in points.items():
+            ax.scatter(*np.array(xy).T, color=color[method], marker=EV3_MARKERS[outcome][0], s=40, zorder=3)
         for method in (o for o in order if o in banded):
             xy = [(series(m["history"], "flops"), 100 * series(m["history"], "test_accuracy")) for m in banded[method]]
             _band(ax, xy, color[method], _band_label(method, len(banded[method]), k), log=True)
-        ax.scatter([], [], color="k", marker="^", label="accepted decision")
-        ax.scatter([], [], color="k", marker="x", label="rejected decision")
+        for marker, label in EV3_MARKERS.values():
+            ax.scatter([], [], color="k", marker=marker, label=label)
+        ax.plot([], [], color="k", ls="--", label="θ_s (stable)")
         ax.plot([], [], color="k", ls=":", label="growth event")
         _legend(ax)
         _flops_axis(ax)
         ax.set_xlabel("cumulative FLOPs")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{key[0]} · {key[1]} · EV3")
+        ax.set_title(f"{key[0]} · {key[1]} · EV3 (θ solid, θ_s dashed)")
     _save(fig, path)
 
 
