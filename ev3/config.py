@@ -94,6 +94,13 @@ def validate(config: dict) -> dict:
                 f"{prefix}/checkpoint_every: {every} is not a multiple of {prefix}/eval_every ({train['eval_every']}); "
                 "checkpoints are taken at evaluations"
             )
+    if seeds_per_job(config)["mode"] == "vmap":
+        for name, method in config["methods"].items():
+            if method["type"] in VMAP_EXCLUDED:
+                raise ConfigError(
+                    f"seeds_per_job/mode: vmap cannot train methods/{name} (type {method['type']}: "
+                    f"{VMAP_EXCLUDED[method['type']]}); use mode sequential or leave the method out"
+                )
     if config.get("budget") and "student_steps" in config["budget"]:
         for name, method in config["methods"].items():
             share = budget_share(method)
@@ -103,6 +110,28 @@ def validate(config: dict) -> dict:
                     f"methods/{name} ({share} student steps)"
                 )
     return config
+
+
+VMAP_EXCLUDED = {
+    "ev3": "host-driven decisions and per-seed architectures",
+    "tuned": "already a population over its grid",
+}  # method types that seeds_per_job mode vmap cannot train
+
+
+def seeds_per_job(config: dict) -> dict:
+    """The config's ``seeds_per_job`` with defaults: ``{"count": S, "mode": "sequential" | "vmap"}`` (1, sequential)."""
+    return {"count": 1, "mode": "sequential", **(config.get("seeds_per_job") or {})}
+
+
+def seed_groups(config: dict) -> list[list[int]]:
+    """The student seeds split into the training jobs' groups: seed s is in group s // S (S = seeds_per_job
+    count), so adding seeds creates a new group or extends the last one and never moves an existing seed.
+    Groups are ordered by s // S, seeds within one in the config's order."""
+    count = seeds_per_job(config)["count"]
+    groups: dict[int, list[int]] = {}
+    for seed in config["seeds"]:
+        groups.setdefault(int(seed) // count, []).append(int(seed))
+    return [groups[g] for g in sorted(groups)]
 
 
 def budget_share(method: dict) -> int:
