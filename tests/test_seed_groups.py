@@ -48,7 +48,8 @@ def _bench(root, config):
 
 def _train_group(cwd, run, seeds):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "ev3", "train-group", "--run", json.dumps(run), "--seeds", *map(str, seeds), "--threads", "1"]
+    cmd = [sys.executable, "-m", "ev3", "train-group", "--run", json.dumps(run), "--seeds", *map(str, seeds), "--threads", "1",
+           "--compile-cache", str(cwd / "compile_cache")]  # as the DAG runs them
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
