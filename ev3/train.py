@@ -74,19 +74,22 @@ class NonFiniteError(FloatingPointError):
     """NaN/Inf in the training loss or parameters; the run stops and writes no metrics."""
 
 
-# Executables compiled in this process, by their lowered program (StableHLO text), donated arguments and input
-# and output pytree structures (a compiled call checks its inputs' structure, static fields included): the runs
+# Executables compiled in this process, by their lowered program (StableHLO text), donated arguments, input and
+# output pytree structures and input shapes (a compiled call checks its inputs' structure, static fields
+# included, and every input's shape): the runs
 # of one job (a seed group) trace their own functions but compile each distinct program once. Bounded; the
 # oldest entry goes first.
 _EXECUTABLES: dict = {}
 _EXECUTABLES_MAX = 256
 
 
-def _executable(fn, args, donate_argnums) -> tuple:
-    """(compiled, flops per call) of ``jax.jit(fn)`` for ``args``, from this process's cache where the lowered
-    program is one compiled before."""
+def _executable(fn, args, donate_argnums, shapes) -> tuple:
+    """(compiled, flops per call) of ``jax.jit(fn)`` for ``args`` (``shapes``: their leaves' shapes and dtypes,
+    unused ones included: a program drops unused arguments but its executable checks them), from this process's
+    cache where the lowered program is one compiled before."""
     lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*args)
-    key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), tuple(donate_argnums), lowered.in_tree, lowered.out_tree)
+    key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), tuple(donate_argnums), lowered.in_tree,
+           lowered.out_tree, shapes)
     if key not in _EXECUTABLES:
         compiled = lowered.compile()
         if len(_EXECUTABLES) >= _EXECUTABLES_MAX:
@@ -112,7 +115,7 @@ class Counter:
         key = (name, fn, jax.tree.structure(args), shapes)
         if key not in self.cache:
             t0 = time.perf_counter()
-            self.cache[key] = _executable(fn, args, donate_argnums)
+            self.cache[key] = _executable(fn, args, donate_argnums, shapes)
             self.compile_s += time.perf_counter() - t0
             self.compiles += 1
         return self.cache[key]
