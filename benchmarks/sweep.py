@@ -157,6 +157,9 @@ def fixed_cost(work: str, group: int) -> dict:
 
 def orchestration(work: str, n_runs: int, seeds_per_job: int, job_wall_s: float) -> dict:
     config = tiny_config(list(range(n_runs // 2)), seeds_per_job)
+    root = os.path.join(work, "results", config["benchmark"])
+    for done in (os.path.join(root, "runs"), os.path.join(root, "state", "runs")):  # no run restored from a record
+        shutil.rmtree(done, ignore_errors=True)
     wall, _, out = _snakemake(work, config, "--cores", "1", "--scheduler", "greedy", *_run_targets(config))
     jobs = int([line.split()[-1] for line in out.splitlines() if line.startswith("total")][0])
     return {"runs": n_runs, "seeds_per_job": seeds_per_job, "jobs": jobs, "dag_wall_s": round(wall, 2),
