@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -132,6 +133,19 @@ def seed_groups(config: dict) -> list[list[int]]:
     for seed in config["seeds"]:
         groups.setdefault(int(seed) // count, []).append(int(seed))
     return [groups[g] for g in sorted(groups)]
+
+
+def group_rule(config: dict, seeds: list[int]) -> str:
+    """The workflow rule training the seed group ``seeds`` when S > 1: ``train_student_g<s // S>`` (m for minus)."""
+    return f"train_student_g{seeds[0] // seeds_per_job(config)['count']}".replace("-", "m")
+
+
+def group_run(config: dict, dataset: str, student: str, method: str) -> str:
+    """The resolved student run config of a seed group's runs (they differ only in ``seed``, left out) as
+    compact JSON: the training job's param, so a change to it reruns exactly the runs it changes."""
+    run = student_run(config, dataset, student, method, 0)
+    del run["seed"]
+    return json.dumps(run, sort_keys=True, separators=(",", ":"))
 
 
 def budget_share(method: dict) -> int:

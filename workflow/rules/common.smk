@@ -1,10 +1,11 @@
 # Path helpers only: which runs exist and where their files live.
-import json
 import os
 
 from ev3 import paths
 from ev3.config import (
     dataset_dir,
+    group_rule,
+    group_run,
     seed_groups,
     seeds_per_job,
     student_run,
@@ -51,18 +52,18 @@ wildcard_constraints:
     seed=r"-?\d+",
 
 
-def group_rule(seeds):
-    """The training rule of a seed group when seeds_per_job count S > 1: train_student_g<s // S> (m for minus)."""
-    return f"train_student_g{seeds[0] // seeds_per_job(cfg)['count']}".replace("-", "m")
-
-
 # The conda environment of the jobs, only when the user asks for it (--sdm conda): otherwise Snakemake would
 # still check the environment file for every job while planning.
-CONDA_ENV = "../../environment.yml" if "conda" in {str(m).lower() for m in workflow.deployment_settings.deployment_method} else None
+# `snakemake --lint` (which alone builds the workflow without checking environment variables) sees it too.
+CONDA_ENV = (
+    "../../environment.yml"
+    if "conda" in {str(m).lower() for m in workflow.deployment_settings.deployment_method} or not workflow.check_envvars
+    else None
+)
 # Threads and resources set for train_student (a profile's set-resources / set-threads) apply to every seed
 # group's rule too (train_student_g<k>, see distill.smk).
 if seeds_per_job(cfg)["count"] > 1:
     for _settings in (workflow.resource_settings._parsed_overwrite_resources, workflow.resource_settings._parsed_overwrite_threads):
         if "train_student" in _settings:
             for _group in seed_groups(cfg):
-                _settings.setdefault(group_rule(_group), _settings["train_student"])
+                _settings.setdefault(group_rule(cfg, _group), _settings["train_student"])

@@ -10,13 +10,6 @@ GROUP_SHELL = (
 )
 
 
-def group_run(wildcards):
-    """The group's resolved student run config as compact JSON, without its seed (the runs differ only in it)."""
-    run = student_run(cfg, wildcards.dataset, wildcards.student, wildcards.method, 0)
-    del run["seed"]
-    return json.dumps(run, sort_keys=True, separators=(",", ":"))
-
-
 if seeds_per_job(cfg)["count"] == 1:
 
     rule train_student:
@@ -28,7 +21,7 @@ if seeds_per_job(cfg)["count"] == 1:
             metrics=f"{RUN}/metrics.json",
             predictions=f"{RUN}/predictions.npz",
         params:
-            run=group_run,
+            run=lambda wc: group_run(cfg, wc.dataset, wc.student, wc.method),
             seeds=lambda wc: wc.seed,
         log:
             f"{R}/logs/{os.path.relpath(RUN, R)}.log",
@@ -44,7 +37,7 @@ else:
     # One rule per seed group (a rule's outputs are fixed patterns, and a group's seeds are part of them), named
     # train_student_g<s // S>; each takes the threads and resources set for train_student (e.g. in a profile).
     for group in seed_groups(cfg):
-        name = group_rule(group)
+        name = group_rule(cfg, group)
 
         rule:
             name:
@@ -57,7 +50,7 @@ else:
                 metrics=expand(f"{RUN}/metrics.json", seed=group, allow_missing=True),
                 predictions=expand(f"{RUN}/predictions.npz", seed=group, allow_missing=True),
             params:
-                run=group_run,
+                run=lambda wc: group_run(cfg, wc.dataset, wc.student, wc.method),
                 seeds=" ".join(map(str, group)),
             log:
                 f"{R}/logs/{os.path.relpath(os.path.dirname(RUN), R)}/{name}.log",
