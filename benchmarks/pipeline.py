@@ -8,8 +8,8 @@ default benchmark, about 12 minutes) and times it. Each job's wall time comes fr
 timestamps have 1 s resolution); each training job's ``metrics.json`` splits its ``compute.wall_s`` into
 ``compile_s`` (ahead-of-time compiles of the training loop, loaded from the DAG's persistent compilation cache
 when another job already compiled the same kernels) and steady work (``wall_s − compile_s``: training steps
-and evaluations). Start-up is the job's wall minus its runs' ``wall_s`` (a seed group's job holds several): the process, imports, data loading, teacher
-restore, the test report and writing outputs. The compile fraction divides the summed ``compile_s`` by the
+and evaluations). Start-up is the job's wall minus its runs' ``wall_s`` (a seed group's job holds several): the
+process, imports, data loading, teacher restore, the test report and writing outputs. The compile fraction divides the summed ``compile_s`` by the
 core-seconds the jobs ran (Σ job wall; target ≤ 10 %) and by ``cores × DAG wall``.
 """
 
