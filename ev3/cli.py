@@ -3,7 +3,9 @@
 Commands: ``prepare-data NAME --data-dir DIR``; ``check-data NAME --data-dir DIR --marker OUT`` (a prepared
 TFDS dataset is present: write its description to ``OUT/source.json``; reads only the file system, so it
 fails in well under a second offline); ``train RUN_JSON --out DIR [--state-dir DIR] [--threads N]
-[--compile-cache DIR] [--gpu-locks DIR] [--gpu-wait S]``; ``aggregate RESULTS_ROOT``; ``validate CONFIG``.
+[--compile-cache DIR] [--gpu-locks DIR] [--gpu-wait S]``; ``train-group --run JSON --seeds S… [--mode M]`` (a
+seed group's student runs in one process, outputs in their run directories: ``ev3.run.run_group``; same
+options as ``train`` but ``--out``/``--state-dir``); ``aggregate RESULTS_ROOT``; ``validate CONFIG``.
 ``train`` with the run's device ``gpu`` first claims one GPU for itself (``ev3.devices``: a lock file per GPU in
 ``--gpu-locks``, default ``results/<benchmark>/state/gpu-locks``; waits up to ``--gpu-wait`` seconds for a free
 one) and sets ``CUDA_VISIBLE_DEVICES`` to it, before JAX is imported; not under SLURM, which assigns GPUs.
@@ -84,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--gpu-locks", default=None,
                        help="device gpu: folder of the per-GPU lock files (default results/<benchmark>/state/gpu-locks)")
     train.add_argument("--gpu-wait", type=float, default=3600.0, help="seconds to wait for a free GPU before failing")
+    group = sub.add_parser("train-group", help="train a seed group's student runs in one process (seeds_per_job)")
+    group.add_argument("--run", required=True, help="the group's resolved student run config as JSON, without seed")
+    group.add_argument("--seeds", type=int, nargs="+", required=True, help="the group's seeds")
+    group.add_argument("--mode", choices=["sequential", "vmap"], default="sequential")
+    group.add_argument("--threads", type=int, default=0, help="XLA CPU threads (0: XLA's default)")
+    group.add_argument("--compile-cache", default=None, help="JAX persistent compilation cache directory (shared by runs)")
+    group.add_argument("--gpu-locks", default=None, help="as for train")
+    group.add_argument("--gpu-wait", type=float, default=3600.0, help="as for train")
     agg = sub.add_parser("aggregate", help="metrics.json files → tables and figures")
     agg.add_argument("root", help="results/<benchmark>")
     agg.add_argument("--sample-runs", type=int, default=20,
@@ -95,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "train":
+    if args.command in ("train", "train-group"):
         # GPU jobs allocate memory as they need it (JAX's default takes 75 % up front), so jobs can share a GPU.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         if args.threads:
@@ -125,6 +135,19 @@ def main(argv: list[str] | None = None) -> int:
             if args.compile_cache:
                 use_compile_cache(args.compile_cache)
             run(spec, args.out, state_dir=args.state_dir)
+        elif args.command == "train-group":
+            import json
+
+            from ev3.config import RunSpec
+
+            run = json.loads(args.run)
+            specs = [RunSpec.from_dict({**run, "seed": seed}) for seed in args.seeds]
+            gpu = claim_gpu(specs[0], args.gpu_locks, args.gpu_wait)  # noqa: F841 (held while the runs last)
+            from ev3.run import run_group  # imports JAX: after the GPU is chosen
+
+            if args.compile_cache:
+                use_compile_cache(args.compile_cache)
+            run_group(specs, mode=args.mode)
         elif args.command == "aggregate":
             from ev3.report.aggregate import aggregate
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -97,6 +98,13 @@ def validate(config: dict) -> dict:
     for name, method in config["methods"].items():
         if method["type"] == "ev3":
             _check_ev3(f"methods/{name}", method, {s: config["models"][s]["type"] for s in config["students"]})
+    if seeds_per_job(config)["mode"] == "vmap":
+        for name, method in config["methods"].items():
+            if method["type"] in VMAP_EXCLUDED:
+                raise ConfigError(
+                    f"seeds_per_job/mode: vmap cannot train methods/{name} (type {method['type']}: "
+                    f"{VMAP_EXCLUDED[method['type']]}); use mode sequential or leave the method out"
+                )
     if config.get("budget") and "student_steps" in config["budget"]:
         for name, method in config["methods"].items():
             share = budget_share(method)
@@ -131,6 +139,41 @@ def _check_ev3(key: str, options: dict, student_types: dict) -> None:
             raise ConfigError(f"{key}/objectives/{i}/margin: read only by decide.rule 'paired' (this rule: {rule!r})")
     if rule != "reference" and "alpha" in options["decide"]:
         raise ConfigError(f"{key}/decide/alpha: read only by decide.rule 'reference' (this rule: {rule!r})")
+
+
+VMAP_EXCLUDED = {
+    "ev3": "host-driven decisions and per-seed architectures",
+    "tuned": "already a population over its grid",
+}  # method types that seeds_per_job mode vmap cannot train
+
+
+def seeds_per_job(config: dict) -> dict:
+    """The config's ``seeds_per_job`` with defaults: ``{"count": S, "mode": "sequential" | "vmap"}`` (1, sequential)."""
+    return {"count": 1, "mode": "sequential", **(config.get("seeds_per_job") or {})}
+
+
+def seed_groups(config: dict) -> list[list[int]]:
+    """The student seeds split into the training jobs' groups: seed s is in group s // S (S = seeds_per_job
+    count), so adding seeds creates a new group or extends the last one and never moves an existing seed.
+    Groups are ordered by s // S, seeds within one in the config's order."""
+    count = seeds_per_job(config)["count"]
+    groups: dict[int, list[int]] = {}
+    for seed in config["seeds"]:
+        groups.setdefault(int(seed) // count, []).append(int(seed))
+    return [groups[g] for g in sorted(groups)]
+
+
+def group_rule(config: dict, seeds: list[int]) -> str:
+    """The workflow rule training the seed group ``seeds`` when S > 1: ``train_student_g<s // S>`` (m for minus)."""
+    return f"train_student_g{seeds[0] // seeds_per_job(config)['count']}".replace("-", "m")
+
+
+def group_run(config: dict, dataset: str, student: str, method: str) -> str:
+    """The resolved student run config of a seed group's runs (they differ only in ``seed``, left out) as
+    compact JSON: the training job's param, so a change to it reruns exactly the runs it changes."""
+    run = student_run(config, dataset, student, method, 0)
+    del run["seed"]
+    return json.dumps(run, sort_keys=True, separators=(",", ":"))
 
 
 def budget_share(method: dict) -> int:

@@ -50,6 +50,8 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import math
 import re
 import time
@@ -72,9 +74,36 @@ class NonFiniteError(FloatingPointError):
     """NaN/Inf in the training loss or parameters; the run stops and writes no metrics."""
 
 
+# Executables compiled in this process, by their lowered program (StableHLO text), donated arguments, input and
+# output pytree structures and input shapes (a compiled call checks its inputs' structure, static fields
+# included, and every input's shape): the runs
+# of one job (a seed group) trace their own functions but compile each distinct program once. Bounded; the
+# oldest entry goes first.
+_EXECUTABLES: dict = {}
+_EXECUTABLES_MAX = 256
+
+
+def _executable(fn, args, donate_argnums, shapes) -> tuple:
+    """(compiled, flops per call) of ``jax.jit(fn)`` for ``args`` (``shapes``: their leaves' shapes and dtypes,
+    unused ones included: a program drops unused arguments but its executable checks them), from this process's
+    cache where the lowered program is one compiled before."""
+    lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*args)
+    key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(), tuple(donate_argnums), lowered.in_tree,
+           lowered.out_tree, shapes)
+    if key not in _EXECUTABLES:
+        compiled = lowered.compile()
+        if len(_EXECUTABLES) >= _EXECUTABLES_MAX:
+            del _EXECUTABLES[next(iter(_EXECUTABLES))]
+        _EXECUTABLES[key] = (compiled, flops_of(compiled))
+    return _EXECUTABLES[key]
+
+
 @dataclass
 class Counter:
-    """Ahead-of-time compilation with a compile counter, compile time and per-call FLOPs."""
+    """Ahead-of-time compilation with a compile counter, compile time and per-call FLOPs of one run.
+
+    ``compiles``: the executables the run needed; ``compile_s``: the time it spent getting them (tracing and
+    lowering, plus XLA's compile unless an earlier run of the same process compiled the same program)."""
 
     compiles: int = 0
     compile_s: float = 0.0
@@ -86,10 +115,9 @@ class Counter:
         key = (name, fn, jax.tree.structure(args), shapes)
         if key not in self.cache:
             t0 = time.perf_counter()
-            compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
+            self.cache[key] = _executable(fn, args, donate_argnums, shapes)
             self.compile_s += time.perf_counter() - t0
             self.compiles += 1
-            self.cache[key] = (compiled, flops_of(compiled))
         return self.cache[key]
 
 
@@ -112,6 +140,7 @@ def flops_of(compiled) -> float:
 
 def predict(counter: Counter, evaluate, state, x: jax.Array) -> tuple[jax.Array, float]:
     """Logits of ``evaluate(state, x)`` in fixed-size chunks (padded); returns (logits (N, C), FLOPs spent)."""
+    leaves, treedef = jax.tree.flatten(state)
     n = x.shape[0]
     chunk = min(n, EVAL_CHUNK)
     pieces, flops = [], 0.0
@@ -120,10 +149,24 @@ def predict(counter: Counter, evaluate, state, x: jax.Array) -> tuple[jax.Array,
         pad = chunk - xb.shape[0]
         if pad:
             xb = jnp.concatenate([xb, jnp.zeros((pad, *xb.shape[1:]), xb.dtype)])
-        compiled, f = counter.compile("evaluate", evaluate, state, xb)
-        pieces.append(compiled(state, xb)[..., : chunk - pad, :])  # a population's logits: (members, N, C)
+        compiled, f = counter.compile("evaluate", on_leaves(evaluate, treedef), leaves, xb)
+        pieces.append(compiled(leaves, xb)[..., : chunk - pad, :])  # a population's logits: (members, N, C)
         flops += f
     return jnp.concatenate(pieces, axis=-2), flops
+
+
+@functools.lru_cache(maxsize=256)
+def on_leaves(fn, treedef):
+    """``fn(tree, *args)`` as ``(leaves, *args)``: a compiled call on a list of arrays, whose input structure is
+    the same for every run of a process (a state's structure holds run-specific static fields, e.g. optimizer
+    functions), so runs share the executable. One wrapper per (fn, treedef), named as ``fn``."""
+
+    def leaves_fn(leaves, *args):
+        return fn(jax.tree.unflatten(treedef, leaves), *args)
+
+    leaves_fn.__module__ = getattr(fn, "__module__", leaves_fn.__module__)
+    leaves_fn.__qualname__ = getattr(fn, "__qualname__", type(fn).__name__)
+    return leaves_fn
 
 
 def on_flat_state(fn, treedef):
@@ -344,7 +387,7 @@ class StepWork:
                 "step", on_flat_state(self.loop_step, self.treedef), jax.tree.leaves(state), self.zero, put(i32(0)),
                 self.train, self.perm_c(self.order_key, i32(0)), self.step_key, donate_argnums=(0, 2),
             )
-            self.finite_c, _ = c.compile("all_finite", _all_finite, state)
+            self.finite_c, _ = c.compile("all_finite", _all_finite, jax.tree.leaves(state))
             self.teacher_fwd_flops = 0.0
             teacher = self.ctx.teacher
             if teacher is not None and (self.forwards or self.backwards):
@@ -392,7 +435,7 @@ class StepWork:
         return loss
 
     def nonfinite(self, train_loss) -> str | None:
-        finite = math.isfinite(train_loss) and bool(self.finite_c(self.state()))
+        finite = math.isfinite(train_loss) and bool(self.finite_c(jax.tree.leaves(self.state())))
         return None if finite else "training loss or parameters"
 
     def training_flops(self, units: int) -> tuple[float, float, float]:

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from ev3.config import ConfigError, RunSpec, student_run, student_runs, teacher_run, validate
+from ev3.config import ConfigError, RunSpec, seed_groups, student_run, student_runs, teacher_run, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,6 +50,9 @@ BAD = [
     (("train", "checkpoint_every"), 0, "train/checkpoint_every"),
     (("train", "checkpoint_every"), "often", "train/checkpoint_every"),
     (("teacher", "train", "checkpoint_every"), 300, "teacher/train/checkpoint_every"),  # eval_every is 200
+    (("seeds_per_job",), {"count": 0}, "seeds_per_job/count"),
+    (("seeds_per_job",), {"count": 2, "mode": "parallel"}, "seeds_per_job/mode"),
+    (("seeds_per_job",), {"size": 2}, "seeds_per_job/size"),
 ]
 
 
@@ -201,3 +204,39 @@ def test_path_templates_are_spelled_once():
             text = f.read()
         for literal in ("/runs/", "seed{", '"state"', "/data/", '"results'):
             assert literal not in text, (source, literal)
+
+
+def test_vmap_seed_groups_refuse_ev3_and_tuned_methods_by_name(smoke_config):
+    smoke_config["seeds_per_job"] = {"count": 4, "mode": "vmap"}
+    with pytest.raises(ConfigError, match=r"^seeds_per_job/mode: vmap cannot train methods/kd-tuned \(type tuned"):
+        validate(smoke_config)
+    del smoke_config["methods"]["kd-tuned"]
+    with pytest.raises(ConfigError, match=r"^seeds_per_job/mode: vmap cannot train methods/ev3 \(type ev3"):
+        validate(smoke_config)
+    smoke_config["methods"] = {k: v for k, v in smoke_config["methods"].items() if v["type"] != "ev3"}
+    validate(smoke_config)
+    smoke_config["seeds_per_job"]["mode"] = "sequential"  # sequential groups train every method
+    validate({**smoke_config, "methods": {"ev3": {"type": "ev3", **_ev3_options(smoke_config)}}})
+
+
+def _ev3_options(config):
+    with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
+        return {k: v for k, v in yaml.safe_load(f)["methods"]["ev3"].items() if k != "type"}
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_seed_groups_are_seed_floor_division_and_adding_seeds_never_moves_one(smoke_config, count):
+    seeds = [5, 0, 3, 1, 2, 4, 9, -1, 8]
+    smoke_config["seeds"], smoke_config["seeds_per_job"] = seeds, {"count": count}
+    groups = seed_groups(validate(smoke_config))
+    assert sorted(s for g in groups for s in g) == sorted(seeds)  # a partition of the seeds
+    assert all(len({s // count for s in g}) == 1 and len(g) <= count for g in groups)
+    assert len(groups) == len({s // count for s in seeds})
+    for more in ([10], [6, 7], [11, 12, 13, 14, 15]):  # every old group stays whole, extended only by new seeds
+        smoke_config["seeds"] = seeds + more
+        new = seed_groups(validate(smoke_config))
+        for old in groups:
+            (home,) = [h for h in new if set(old) & set(h)]
+            assert set(old) <= set(home) and set(home) - set(old) <= set(more)
+    ungrouped = {k: v for k, v in smoke_config.items() if k != "seeds_per_job"}  # default: one seed per job
+    assert seed_groups(validate(ungrouped)) == [[s] for s in sorted(ungrouped["seeds"])]

@@ -86,6 +86,24 @@ def test_dry_run_plans_every_job_with_the_profile_resources(dry_run):
             assert int(planned[rule][0][name]) > int(expected(profile["default-resources"][name], threads)), (rule, name)
 
 
+def test_seed_group_rules_get_the_train_student_resources_of_the_profile(tmp_path):
+    """With seeds_per_job count S > 1 each seed group has its own rule (train_student_g<k>): the profile's
+    train_student resources apply to every one of them."""
+    with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
+        config = yaml.safe_load(f)
+    config.update(benchmark="slurm_groups", seeds=[0, 1, 2, 3, 4], seeds_per_job={"count": 2})
+    (tmp_path / "groups.yaml").write_text(yaml.safe_dump(config))
+    planned = planned_resources(snakemake(tmp_path, "-n", "--profile", PROFILE, "--configfile", str(tmp_path / "groups.yaml")))
+    profile = load(PROFILE)
+    assert "train_student" not in planned
+    assert {rule: len(jobs) for rule, jobs in planned.items() if rule.startswith("train_student")} == {
+        f"train_student_g{k}": len(config["methods"]) for k in range(3)}
+    for k in range(3):
+        for resources in planned[f"train_student_g{k}"]:
+            for name, value in profile["set-resources"]["train_student"].items():
+                assert resources.get(name) == expected(value, config["threads"]), (k, name, resources)
+
+
 def test_cluster_profile_has_no_test_cluster_settings():
     profile = load(PROFILE)
     assert not TEST_ONLY_KEYS & set(profile), TEST_ONLY_KEYS & set(profile)

@@ -9,6 +9,8 @@ are pre-activation in ``ev3.models.features``).
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any, NamedTuple
 
 import jax
@@ -33,15 +35,26 @@ class Network(NamedTuple):
 def build(model_config: dict, input_shape: tuple[int, ...], num_classes: int, key: jax.Array) -> Network:
     """Initialize the model named by ``model_config["type"]`` (other keys are its constructor options).
 
-    The initialization runs as one compiled function (eager flax init would compile every op separately)."""
+    The initialization runs as one compiled function (eager flax init would compile every op separately), one per
+    (config, input shape, classes) in a process, so the runs of one job compile it once."""
+    init = _initializer(json.dumps(model_config, sort_keys=True), tuple(input_shape), num_classes)
+    graphdef = init.graphdef(key)
+    params, rest = init(key)
+    return Network(graphdef, params, rest)
+
+
+@functools.lru_cache(maxsize=64)
+def _initializer(model_config_json: str, input_shape: tuple[int, ...], num_classes: int):
+    """``key -> (params, rest)`` jitted, with ``.graphdef(key)``: the model's static graph."""
+    model_config = json.loads(model_config_json)
     options = {k: v for k, v in model_config.items() if k != "type"}
 
     def module(key):
-        return MODEL_TYPES[model_config["type"]](tuple(input_shape), num_classes, **options, rngs=nnx.Rngs(params=key))
+        return MODEL_TYPES[model_config["type"]](input_shape, num_classes, **options, rngs=nnx.Rngs(params=key))
 
-    graphdef = nnx.split(nnx.eval_shape(lambda: module(key)), nnx.Param, ...)[0]
-    params, rest = jax.jit(lambda k: nnx.split(module(k), nnx.Param, ...)[1:])(key)
-    return Network(graphdef, params, rest)
+    init = jax.jit(lambda k: nnx.split(module(k), nnx.Param, ...)[1:])
+    init.graphdef = lambda key: nnx.split(nnx.eval_shape(lambda: module(key)), nnx.Param, ...)[0]
+    return init
 
 
 def apply(graphdef, params, rest, x: jax.Array, *, train: bool = False, features: bool = False) -> tuple[Any, Any]:

@@ -2,7 +2,19 @@
 import os
 
 from ev3 import paths
-from ev3.config import dataset_dir, student_run, student_runs, teacher_dir, teacher_models, teacher_of, teacher_run
+from ev3.config import (
+    dataset_dir,
+    group_rule,
+    group_run,
+    seed_groups,
+    seeds_per_job,
+    student_run,
+    student_runs,
+    teacher_dir,
+    teacher_models,
+    teacher_of,
+    teacher_run,
+)
 from ev3.data import EMBEDDED, TFDS_IMAGES
 
 
@@ -38,3 +50,20 @@ wildcard_constraints:
     teacher="[A-Za-z0-9_.-]+",
     method="[A-Za-z0-9_-]+",
     seed=r"-?\d+",
+
+
+# The conda environment of the jobs, only when the user asks for it (--sdm conda): otherwise Snakemake would
+# still check the environment file for every job while planning.
+# `snakemake --lint` (which alone builds the workflow without checking environment variables) sees it too.
+CONDA_ENV = (
+    "../../environment.yml"
+    if "conda" in {str(m).lower() for m in workflow.deployment_settings.deployment_method} or not workflow.check_envvars
+    else None
+)
+# Threads and resources set for train_student (a profile's set-resources / set-threads) apply to every seed
+# group's rule too (train_student_g<k>, see distill.smk).
+if seeds_per_job(cfg)["count"] > 1:
+    for _settings in (workflow.resource_settings._parsed_overwrite_resources, workflow.resource_settings._parsed_overwrite_threads):
+        if "train_student" in _settings:
+            for _group in seed_groups(cfg):
+                _settings.setdefault(group_rule(cfg, _group), _settings["train_student"])

@@ -9,7 +9,7 @@ rule prepare_data:
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
     conda:
-        "../../environment.yml"
+        CONDA_ENV
     shell:
         "python -m ev3 prepare-data {wildcards.dataset} --data-dir {output} > {log} 2>&1"
 
@@ -25,6 +25,6 @@ rule check_data:
         f"{R}/logs/check_data/{{dataset}}.log",
     localrule: True
     conda:
-        "../../environment.yml"
+        CONDA_ENV
     shell:
         "python -m ev3 check-data {wildcards.dataset} --data-dir {params.data_dir} --marker {output} 2>&1 | tee {log}"

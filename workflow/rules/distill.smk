@@ -1,34 +1,63 @@
-rule student_run_config:
-    output:
-        f"{RUN}/run.json",
-    params:
-        run=lambda wc: student_run(cfg, wc.dataset, wc.student, wc.method, int(wc.seed)),
-    log:
-        f"{R}/logs/run_config/{os.path.relpath(RUN, R)}.log",
-    localrule: True
-    run:
-        from ev3.io import write_json
-
-        write_json(output[0], params.run)
+# Student training: one job per seed group (config seeds_per_job; seed s is in group s // S) of one dataset,
+# student and method. The job writes each run's run.json, metrics.json and predictions.npz in the run's own
+# directory (`python -m ev3 train-group`). The resolved run config is a param, so a changed method, model or
+# recipe reruns exactly the runs it changes (Snakemake's params rerun trigger); a group extended by a new seed
+# reruns that group's job, which restores its finished runs from their records instead of training them.
+GROUP_MODE = seeds_per_job(cfg)["mode"]
+GROUP_SHELL = (
+    "python -m ev3 train-group --run {params.run:q} --seeds {params.seeds} --mode " + GROUP_MODE
+    + f" --threads {{threads}} --compile-cache {COMPILE_CACHE} > {{log}} 2>&1"
+)
 
 
-rule train_student:
-    input:
-        run=f"{RUN}/run.json",
-        data=paths.data_dir("{dataset}", root=R),
-        teacher=teacher_checkpoint_of,
-    output:
-        metrics=f"{RUN}/metrics.json",
-        predictions=f"{RUN}/predictions.npz",
-    params:
-        state=lambda wc: state_dir(RUN, wc),
-    log:
-        f"{R}/logs/{os.path.relpath(RUN, R)}.log",
-    threads: cfg["threads"]
-    resources:
-        **GPU,
-    conda:
-        "../../environment.yml"
-    shell:
-        "python -m ev3 train {input.run} --out $(dirname {output.metrics}) --state-dir {params.state}"
-        + f" --threads {{threads}} --compile-cache {COMPILE_CACHE} > {{log}} 2>&1"
+if seeds_per_job(cfg)["count"] == 1:
+
+    rule train_student:
+        input:
+            data=paths.data_dir("{dataset}", root=R),
+            teacher=teacher_checkpoint_of,
+        output:
+            run=f"{RUN}/run.json",
+            metrics=f"{RUN}/metrics.json",
+            predictions=f"{RUN}/predictions.npz",
+        params:
+            run=lambda wc: group_run(cfg, wc.dataset, wc.student, wc.method),
+            seeds=lambda wc: wc.seed,
+        log:
+            f"{R}/logs/{os.path.relpath(RUN, R)}.log",
+        threads: cfg["threads"]
+        resources:
+            **GPU,
+        conda:
+            CONDA_ENV
+        shell:
+            GROUP_SHELL
+
+else:
+    # One rule per seed group (a rule's outputs are fixed patterns, and a group's seeds are part of them), named
+    # train_student_g<s // S>; each takes the threads and resources set for train_student (e.g. in a profile).
+    for group in seed_groups(cfg):
+        name = group_rule(cfg, group)
+
+        rule:
+            name:
+                name
+            input:
+                data=paths.data_dir("{dataset}", root=R),
+                teacher=teacher_checkpoint_of,
+            output:
+                run=expand(f"{RUN}/run.json", seed=group, allow_missing=True),
+                metrics=expand(f"{RUN}/metrics.json", seed=group, allow_missing=True),
+                predictions=expand(f"{RUN}/predictions.npz", seed=group, allow_missing=True),
+            params:
+                run=lambda wc: group_run(cfg, wc.dataset, wc.student, wc.method),
+                seeds=" ".join(map(str, group)),
+            log:
+                f"{R}/logs/{os.path.relpath(os.path.dirname(RUN), R)}/{name}.log",
+            threads: cfg["threads"]
+            resources:
+                **GPU,
+            conda:
+                CONDA_ENV
+            shell:
+                GROUP_SHELL

@@ -56,6 +56,6 @@ rule aggregate:
         f"{R}/logs/aggregate.log",
     localrule: N_RUNS <= LOCAL_MAX_RUNS
     conda:
-        "../../environment.yml"
+        CONDA_ENV
     shell:
         "python -m ev3 aggregate $(dirname $(dirname {output.summary})) --sample-runs {params.sample_runs} > {log} 2>&1"

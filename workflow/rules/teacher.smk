@@ -29,7 +29,7 @@ rule train_teacher:
     resources:
         **GPU,
     conda:
-        "../../environment.yml"
+        CONDA_ENV
     shell:
         "python -m ev3 train {input.run} --out $(dirname {output.metrics}) --state-dir {params.state}"
         + f" --threads {{threads}} --compile-cache {COMPILE_CACHE} > {{log}} 2>&1"
