@@ -258,3 +258,20 @@ def test_growth_reinitialises_every_optimizer_state_and_morphism_false_reinitial
             assert after == pytest.approx(before, abs=1.5 / n_val)
         else:
             assert abs(after - before) > 3 / n_val
+
+
+def test_a_diverged_candidate_restarts_its_optimizer_and_the_run_checkpoints(smoke_config, data_dir, mnist1d, teacher, tmp_path):
+    """One optimizer whose steps overflow (SGD at lr 1e30): that candidate diverges every round and is never
+    picked; its optimizer state is re-initialised instead of carrying NaN moments, so every checkpoint is
+    finite (the checkpoint refuses non-finite values) and the run ends with a finite model."""
+    optimizers = [{"name": "adamw", "learning_rate": 0.001, "weight_decay": 0.0001},
+                  {"name": "sgd", "learning_rate": 1e30, "momentum": 0.9}]
+    spec = _spec(smoke_config, data_dir, "ev3-no-growth", optimizers=optimizers, iterations=3)
+    ev3 = methods.get("ev3")
+    result = fit(ev3, spec, mnist1d, teacher, log=NOLOG, state_dir=str(tmp_path / "state"))
+    decisions = ev3.summary(result)["decisions"]
+    assert all(d["nonfinite_candidates"] for d in decisions), "the lr-1e30 candidates should diverge every round"
+    assert all(d["candidate"] not in d["nonfinite_candidates"] for d in decisions)
+    leaves = jax.tree.leaves(result.state.protocol.opt_states)
+    assert leaves and all(np.isfinite(np.asarray(leaf)).all() for leaf in leaves)
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(result.selected_state.student.params))

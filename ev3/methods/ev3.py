@@ -354,6 +354,10 @@ class Round:
             losses[ids] = np.asarray(loss_f)
             family_params.append(params_f)
         batched = concat(family_params) if len(family_params) > 1 else family_params[0]
+        diverged = ~(np.isfinite(losses) & _finite_members(batched, K))
+        if diverged.any():  # NaN moments would keep a candidate diverged for good (and cannot be checkpointed)
+            new_opt_states = {fam: _reset_members(new_opt_states[fam], diverged[ids], FAMILIES[fam], state.params, ohp)
+                              for fam, (ids, _, ohp, _) in self.families.items()}
         state = state._replace(opt_states=new_opt_states)
 
         student_steps = (it + 1) * K * L
@@ -363,7 +367,7 @@ class Round:
         xa, ya, ta = self._sample("assess", it)
         assess_scores = self._score(arch, batched, xa, ya, ta, True)
         name, higher, _ = run.objectives[0]
-        finite = np.isfinite(losses) & _finite_members(batched, K)
+        finite = ~diverged
         lcb = assess.lower_confidence_bound(assess_scores[name], self.stages["assess_alpha"], higher)
         picked = int(np.argmax(np.where(finite & np.isfinite(lcb), lcb, -np.inf)))  # a diverged candidate loses
         rule = o["decide"]["rule"]
@@ -477,6 +481,17 @@ class Round:
 
     def model_like(self, meta: dict) -> Model:
         return _model(*self._arch_like(meta["arch"]))
+
+
+def _reset_members(opt_state, reset: np.ndarray, family, params, hparams_batch):
+    """A family's batched optimizer state (leading axis K_f) with the members where ``reset`` (K_f,) bool is set
+    replaced by a fresh state for ``params``: a diverged candidate starts its next round without NaN moments."""
+    if not reset.any():
+        return opt_state
+    fresh = init_family(family, params, hparams_batch)
+    mask = jnp.asarray(reset)
+    return jax.tree.map(lambda old, new: jnp.where(mask.reshape((-1,) + (1,) * (old.ndim - 1)), new, old),
+                        opt_state, fresh)
 
 
 def _finite_members(batched, k: int) -> np.ndarray:
