@@ -99,12 +99,16 @@ def validate(config: dict) -> dict:
         if method["type"] == "ev3":
             _check_ev3(f"methods/{name}", method, {s: config["models"][s]["type"] for s in config["students"]})
     if seeds_per_job(config)["mode"] == "vmap":
+        from ev3.seedgroup import UNSUPPORTED  # the vmapped trainer's own list
+
         for name, method in config["methods"].items():
-            if method["type"] in VMAP_EXCLUDED:
+            if method["type"] in UNSUPPORTED:
                 raise ConfigError(
                     f"seeds_per_job/mode: vmap cannot train methods/{name} (type {method['type']}: "
-                    f"{VMAP_EXCLUDED[method['type']]}); use mode sequential or leave the method out"
+                    f"{UNSUPPORTED[method['type']]}); use mode sequential or leave the method out"
                 )
+        if (config.get("budget") or {}).get("flops") is not None:
+            raise ConfigError("seeds_per_job/mode: vmap cannot train under budget/flops; use mode sequential")
     if config.get("budget") and "student_steps" in config["budget"]:
         for name, method in config["methods"].items():
             share = budget_share(method)
@@ -139,12 +143,6 @@ def _check_ev3(key: str, options: dict, student_types: dict) -> None:
             raise ConfigError(f"{key}/objectives/{i}/margin: read only by decide.rule 'paired' (this rule: {rule!r})")
     if rule != "reference" and "alpha" in options["decide"]:
         raise ConfigError(f"{key}/decide/alpha: read only by decide.rule 'reference' (this rule: {rule!r})")
-
-
-VMAP_EXCLUDED = {
-    "ev3": "host-driven decisions and per-seed architectures",
-    "tuned": "already a population over its grid",
-}  # method types that seeds_per_job mode vmap cannot train
 
 
 def seeds_per_job(config: dict) -> dict:

@@ -46,9 +46,9 @@ def _bench(root, config):
     return root
 
 
-def _train_group(cwd, run, seeds):
+def _train_group(cwd, run, seeds, mode="sequential"):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "ev3", "train-group", "--run", json.dumps(run), "--seeds", *map(str, seeds), "--threads", "1",
+    cmd = [sys.executable, "-m", "ev3", "train-group", "--run", json.dumps(run), "--seeds", *map(str, seeds), "--mode", mode, "--threads", "1",
            "--compile-cache", str(cwd / "compile_cache")]  # as the DAG runs them
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -179,3 +179,24 @@ def test_a_diverged_run_fails_the_job_by_name_and_the_finished_runs_stay(referen
     state = root / "results" / "smoke" / "state" / "runs" / "mnist1d" / "mlp64" / "kd"
     assert (state / "seed0" / "record" / "metrics.json").exists() and (state / "seed2" / "record" / "metrics.json").exists()
     assert not (state / "seed1" / "record").exists()
+
+
+def test_a_vmap_group_job_gives_each_seed_its_own_run(reference, tmp_path):
+    """mode vmap through the CLI: every seed's outputs are written in today's paths, and equal the one-run
+    jobs' up to float rounding of the vmapped step (same steps, FLOPs, history length; probabilities allclose;
+    labels equal wherever the one-run job's top-2 margin exceeds 1e-4)."""
+    config, run, _, single = reference
+    root = _bench(tmp_path, config)
+    log = _train_group(root, run, [0, 1, 2], mode="vmap")
+    assert "[kd seeds 0,1,2] step" in log  # one vmapped group trained the three seeds
+    for seed in (0, 1, 2):
+        (mv, pv, rv), (ms, ps, _) = _outputs(root, "kd", seed), _outputs(single, "kd", seed)
+        assert rv == {**run, "seed": seed} and mv["seed"] == seed
+        for key in ("student_steps", "teacher_forwards", "flops_student", "flops_teacher"):
+            assert mv["compute"][key] == ms["compute"][key], key
+        assert len(mv["history"]) == len(ms["history"])
+        np.testing.assert_allclose(pv["prob"], ps["prob"], atol=1e-4)
+        top2 = np.sort(ps["prob"], axis=1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 1e-4
+        assert np.array_equal(pv["prob"].argmax(1)[clear], ps["prob"].argmax(1)[clear])
+    assert not np.array_equal(_outputs(root, "kd", 0)[1]["prob"], _outputs(root, "kd", 1)[1]["prob"])
