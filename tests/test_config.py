@@ -164,7 +164,7 @@ def test_every_registered_method_declares_the_whole_contract():
         assert isinstance(module, Method), method_type
         assert all(callable(getattr(module, n)) for n in members), method_type
     with pytest.raises(ValueError, match="unknown method type"):
-        methods.get("fitnet")
+        methods.get("no-such-method")
 
 
 def test_budget_units_per_method_come_from_the_method_modules(smoke_config):
