@@ -54,7 +54,7 @@ BAD = [
 
 
 def test_the_shipped_configs_are_valid():
-    for name in ("config.yaml", "smoke.yaml", "cifar10.yaml", "cifar100.yaml"):
+    for name in ("config.yaml", "smoke.yaml", "cifar10.yaml", "cifar100.yaml", "methods.yaml"):
         with open(os.path.join(ROOT, "config", name)) as f:
             validate(yaml.safe_load(f))
 
@@ -201,3 +201,33 @@ def test_path_templates_are_spelled_once():
             text = f.read()
         for literal in ("/runs/", "seed{", '"state"', "/data/", '"results'):
             assert literal not in text, (source, literal)
+
+
+FEATURE_BAD = [
+    (lambda c: c["methods"]["fitnet"].pop("beta"), "methods/fitnet/beta"),
+    (lambda c: c["methods"]["crd"].update(nce_k=0), "methods/crd/nce_k"),
+    (lambda c: c["methods"]["rkd"].update(angle=50.0), "methods/rkd/angle"),
+    (lambda c: c["methods"]["at"].update(students=["resnet20"]), "methods/at/students/0"),
+    (lambda c: c["methods"]["at"].pop("students"), "methods/at"),  # then it runs on the MLP student too
+    (lambda c: c["methods"]["reviewkd"].update(students=["mlp64"]), "methods/reviewkd"),
+    (lambda c: c["models"]["cnn-small"].update(channels=[8, 8, 8]), "methods/at"),  # 3 stages vs the teacher's 2
+]
+
+
+@pytest.mark.parametrize("edit, key", FEATURE_BAD, ids=[b[1] + f"-{i}" for i, b in enumerate(FEATURE_BAD)])
+def test_feature_method_options_and_where_they_apply_are_validated(smoke_config, edit, key):
+    edit(smoke_config)
+    with pytest.raises(ConfigError) as e:
+        validate(smoke_config)
+    assert str(e.value).startswith(f"{key}:"), str(e.value)
+
+
+def test_a_method_instance_runs_on_its_students_only(smoke_config):
+    config = validate(smoke_config)
+    runs = {(r["student"], r["method"]) for r in student_runs(config)}
+    for name, method in config["methods"].items():
+        on = set(method.get("students", config["students"]))
+        assert {s for s, m in runs if m == name} == on, name
+    assert {s for s, m in runs if m == "fitnet"} == {"cnn-small"} and {s for s, m in runs if m == "ev3"} == {"mlp64"}
+    run = student_run(config, "mnist1d", "cnn-small", "fitnet", 0)
+    assert run["options"] == {"beta": 100.0} and run["method_type"] == "fitnet"  # `students` is not a run option

@@ -10,6 +10,8 @@ mdistiller ``AT.P 2, LOSS.CE_WEIGHT 1.0, FEAT_WEIGHT 1000.0``): ``beta = 1000``,
 
 from __future__ import annotations
 
+import jax
+
 from ev3.losses import attention_loss
 from ev3.methods.common import (  # noqa: F401  (work and the default hooks: the method contract)
     StepWork as work, budget_share, population_size, select, summary, track, with_units,
@@ -19,12 +21,11 @@ from ev3.methods.feature import evaluate, feature_step, init_state, model, pair_
 
 def init(spec, data, teacher, key):
     def check(student_feats, teacher_feats):
-        pair_maps(student_feats.stages, teacher_feats.stages)  # raises where the stages cannot be paired
+        jax.eval_shape(pair_maps, student_feats.stages, teacher_feats.stages)  # raises where they cannot pair
         return None
 
-    state = init_state(spec, data, teacher, key, check, {"beta": spec.options["beta"]},
-                       static={"p": float(spec.options["p"])})
-    return state
+    return init_state(spec, data, teacher, key, check, {"beta": spec.options["beta"]},
+                      static={"p": float(spec.options["p"])})
 
 
 def _distill(connector, student_feats, teacher_feats, batch, state):

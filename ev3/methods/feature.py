@@ -126,8 +126,9 @@ def feature_step(state: FeatureState, batch, distill: Callable) -> tuple[Feature
 
 
 def warmup(state: FeatureState) -> jax.Array:
-    """``min(step / warmup_steps, 1)`` (1 when ``warmup_steps`` is 0), the reference recipes' linear ramp."""
-    return jnp.minimum(state.hparams["step"] / jnp.maximum(state.hparams["warmup_steps"], 1.0), 1.0)
+    """``min((step + 1) / warmup_steps, 1)`` at the 0-based ``step`` (1 throughout when ``warmup_steps`` is 0):
+    mdistiller's ``min(epoch / warmup_epochs, 1)`` with 1-based epochs, per step."""
+    return jnp.minimum((state.hparams["step"] + 1.0) / jnp.maximum(state.hparams["warmup_steps"], 1.0), 1.0)
 
 
 def pair_maps(student_maps, teacher_maps):

@@ -3,9 +3,10 @@
 The student's stage outputs and embedding, ``[*stages, embedding]`` (post-activation, mdistiller's
 ``STU_PREACT False``), are fused top-down by :class:`ev3.models.connectors.ReviewFusion` (one attention-based
 fusion per level, trained with the student) into the shapes of the teacher's pre-activation stage outputs and
-embedding, ``[*preact, embedding]``. Loss: ``ce_weight · CE(student, labels) + weight · min(step / warmup_steps, 1)
-· hcl_loss`` (:func:`ev3.losses.hcl_loss`). Needs feature maps in student and teacher (refused at config
-validation otherwise). Defaults as the authors' CIFAR-100 configs: mdistiller ``configs/cifar100/reviewkd.yaml``
+embedding, ``[*preact, embedding]``. Loss: ``ce_weight · CE(student, labels) + weight · ramp · hcl_loss``
+(:func:`ev3.losses.hcl_loss`; ``ramp = min((step + 1) / warmup_steps, 1)`` at the 0-based step,
+:func:`ev3.methods.feature.warmup`). Needs feature maps in student and teacher (refused at config validation
+otherwise). Defaults as the authors' CIFAR-100 configs: mdistiller ``configs/cifar100/reviewkd.yaml``
 (``REVIEWKD_WEIGHT 5.0``; ``CE_WEIGHT 1.0, WARMUP_EPOCHS 20, MAX_MID_CHANNEL 512``), the weight the ReviewKD
 authors use for resnet32x4 → resnet8x4 and wrn40_2 → wrn16_2 (their ``script/reviewKD.sh``; 0.6 for resnet56 →
 resnet20).
