@@ -21,11 +21,10 @@ import optax
 from flax import nnx, struct
 
 from ev3 import models
-from ev3.losses import cross_entropy
+from ev3.losses import adaptive_avg_pool, cross_entropy
 from ev3.methods.common import Frozen
 from ev3.optim import make_optimizer
-
-CONFIG_MODEL_TYPES_WITH_MAPS = ("cnn", "resnet", "wrn")  # models whose stages are feature maps (spatial axes)
+from ev3.rng import stream
 
 
 @struct.dataclass
@@ -74,8 +73,6 @@ def init_state(spec, data, teacher: Frozen, key: jax.Array, connector: Callable 
     """The initial state: the student from ``spec.model`` (key stream ``student``), the connector from
     ``connector(student_feats, teacher_feats) -> factory(rngs) | None`` (abstract features of one example; key
     stream ``connector``), one optimizer over both (``spec.train.optimizer``, ``spec.train.steps``)."""
-    from ev3.rng import stream
-
     net = models.build(spec.model, data.input_shape, data.num_classes, stream(key, "student"))
     student_feats = feature_shapes(net.graphdef, net.params, net.rest, data.input_shape)
     teacher_feats = feature_shapes(teacher.graphdef, teacher.params, teacher.rest, data.input_shape)
@@ -134,8 +131,6 @@ def warmup(state: FeatureState) -> jax.Array:
 def pair_maps(student_maps, teacher_maps):
     """Pairs of maps with equal spatial size: of each pair, the larger map is average-pooled to the smaller's size
     (``ev3.losses.adaptive_avg_pool``, as the authors' ``F.adaptive_avg_pool2d``)."""
-    from ev3.losses import adaptive_avg_pool
-
     if len(student_maps) != len(teacher_maps):
         raise ValueError(f"{len(student_maps)} student stages vs {len(teacher_maps)} teacher stages")
     pairs = []
