@@ -84,7 +84,8 @@ def test_validate_does_not_modify_its_input(smoke_config):
 def test_run_configs_round_trip_and_pair_across_methods(smoke_config):
     config = validate(smoke_config)
     runs = student_runs(config)
-    assert len(runs) == len(config["methods"]) * len(config["seeds"])
+    per_seed = sum(len(m.get("students", config["students"])) for m in config["methods"].values())
+    assert len(runs) == per_seed * len(config["seeds"])
     kd = RunSpec.from_dict(student_run(config, "mnist1d", "mlp64", "kd", 1))
     scratch = RunSpec.from_dict(student_run(config, "mnist1d", "mlp64", "scratch", 1))
     assert kd.method_type == "kd" and kd.options == {"temperature": 4.0, "alpha": 0.9}
