@@ -24,7 +24,9 @@ import yaml  # noqa: E402
 
 from benchmarks.common import record  # noqa: E402
 from ev3 import methods, models  # noqa: E402
-from ev3.config import RunSpec, budget_share, student_run, teacher_models, teacher_run, validate  # noqa: E402
+from ev3.config import (  # noqa: E402
+    RunSpec, budget_share, method_students, student_run, teacher_models, teacher_run, validate,
+)
 from ev3.data import TFDS_IMAGES, Dataset  # noqa: E402
 from ev3.methods.common import Frozen  # noqa: E402
 from ev3.train import flops_of, frozen_logits  # noqa: E402
@@ -45,6 +47,8 @@ def step_flops(spec: RunSpec, data: Dataset, teacher) -> float:
     state = method.init(spec, data, teacher, jax.random.key(0))
     b = spec.train["batch_size"]
     batch = (jnp.zeros((b, *data.input_shape), jnp.float32), jnp.zeros((b,), jnp.int32))
+    if method.work.with_indices:  # CRD: its batches carry the examples' indices
+        batch = (*batch, jnp.arange(b, dtype=jnp.int32))
     return flops_of(jax.jit(method.step).lower(state, batch, jax.random.key(0)))
 
 
@@ -59,7 +63,10 @@ def main() -> None:
     for dataset in config["datasets"]:
         shape, classes = SHAPES[dataset], TFDS_IMAGES[dataset]
         x = jnp.zeros((max(config["train"]["batch_size"], 64), *shape), jnp.float32)
-        y = jnp.zeros((x.shape[0],), jnp.int32)
+        # Labels of the carved train split's size (50,000 images less val and meta): CRD's memory bank and its
+        # negatives (capped by the other-class examples) scale with it; only the labels are read at init.
+        n_train = 50000 - round(50000 * config["split"]["val"]) - round(50000 * config["split"]["meta"])
+        y = jnp.arange(n_train, dtype=jnp.int32) % classes
         data = Dataset(dataset, classes, shape, {k: (x, y) for k in ("train", "val", "meta", "test")})
         teachers = {}
         for name in teacher_models(config):
@@ -69,6 +76,8 @@ def main() -> None:
             rows.append(("teacher", name, 1, spec.train["steps"], step_flops(spec, data, None)))
         for student in config["students"]:
             for method in config["methods"]:
+                if student not in method_students(config, method):
+                    continue
                 spec = RunSpec.from_dict(student_run(config, dataset, student, method, 0))
                 steps = (spec.options["iterations"] * budget_share(config["methods"][method])
                          if spec.method_type == "ev3" else spec.train["steps"])

@@ -75,6 +75,13 @@ def validate(config: dict) -> dict:
     if isinstance(model, dict) and set(model) != set(config["students"]):
         missing = sorted(set(config["students"]) - set(model))
         raise ConfigError(f"teacher/model/{missing[0]}: no teacher for this student (a mapping needs every student)")
+    for name, method in config["methods"].items():
+        for i, student in enumerate(method.get("students", [])):
+            if student not in config["students"]:
+                raise ConfigError(f"methods/{name}/students/{i}: {student!r} is not one of the students {config['students']}")
+        if method["type"] in MAP_METHODS:
+            for student in method_students(config, name):
+                check_feature_maps(config, name, method["type"], student)
     for student, published in config.get("anchors", {}).items():
         if student not in config["students"]:
             raise ConfigError(f"anchors/{student}: not one of the students {config['students']}")
@@ -172,6 +179,36 @@ def group_run(config: dict, dataset: str, student: str, method: str) -> str:
     run = student_run(config, dataset, student, method, 0)
     del run["seed"]
     return json.dumps(run, sort_keys=True, separators=(",", ":"))
+
+
+MAP_METHODS = ("at", "reviewkd")  # method types that need feature maps (spatial stages) in student and teacher
+
+
+def stage_count(model: dict) -> int:
+    """Stages of a model config (``ev3.models.features``): MLP hidden layers, CNN conv blocks, 3 for ResNet/WRN."""
+    if model["type"] == "mlp":
+        return len(model["widths"]) if "widths" in model else model["depth"]
+    return len(model["channels"]) if model["type"] == "cnn" else 3
+
+
+def check_feature_maps(config: dict, name: str, method_type: str, student: str) -> None:
+    """AT and ReviewKD need feature maps in the student and its teacher (an MLP has none); AT pairs the stages,
+    so their numbers must match."""
+    teacher = teacher_of(config, student)
+    for who, model in (("student", student), ("teacher", teacher)):
+        if config["models"][model]["type"] == "mlp":
+            raise ConfigError(
+                f"methods/{name}: {method_type} needs feature maps, and the {who} {model!r} is an MLP; restrict it "
+                f"with methods/{name}/students to students with conv stages"
+            )
+    s, t = stage_count(config["models"][student]), stage_count(config["models"][teacher])
+    if method_type == "at" and s != t:
+        raise ConfigError(f"methods/{name}: at pairs stages, and student {student!r} has {s} but teacher {teacher!r} {t}")
+
+
+def method_students(config: dict, method: str) -> list[str]:
+    """The students method instance ``method`` runs on: its ``students`` option, or every student."""
+    return config["methods"][method].get("students", config["students"])
 
 
 def budget_share(method: dict) -> int:
@@ -301,6 +338,7 @@ def student_run(config: dict, dataset: str, student: str, method: str, seed: int
     if method not in config["methods"]:
         raise ConfigError(f"methods/{method}: not defined in config")
     options = copy.deepcopy(config["methods"][method])
+    options.pop("students", None)  # which runs exist, not how one runs
     train = run_train(config, config["train"])
     if config.get("budget") and "student_steps" in config["budget"]:  # equal student steps for every method
         from ev3 import methods
@@ -330,5 +368,6 @@ def student_runs(config: dict) -> list[dict[str, Any]]:
         for d in config["datasets"]
         for s in config["students"]
         for m in config["methods"]
+        if s in method_students(config, m)
         for seed in config["seeds"]
     ]

@@ -246,9 +246,12 @@ def crd_bank_init(key: jax.Array, n_data: int, feat_dim: int) -> jax.Array:
 
 def crd_scores(embeddings: jax.Array, bank: jax.Array, contrast_idx: jax.Array, temperature: float) -> jax.Array:
     """``exp(⟨bank[contrast_idx[b, k]], embeddings[b]⟩ / T)``, shape (B, K + 1): column 0 the positive (the
-    example's own row), columns 1… the K negatives. ``embeddings`` (B, D) unit vectors; the bank is a constant."""
-    rows = jax.lax.stop_gradient(bank)[contrast_idx]  # (B, K + 1, D)
-    return jnp.exp(jnp.einsum("bkd,bd->bk", rows, _promote(embeddings)) / temperature)
+    example's own row), columns 1… the K negatives. ``embeddings`` (B, D) unit vectors; the bank is a constant.
+    Every row's dot product is one (B, D) × (D, n_data) product, from which the (B, K + 1) scored ones are picked:
+    cheaper than gathering (B, K + 1, D) bank rows when K is a large fraction of the bank (CRD's 16,384 of
+    50,000), and the same numbers."""
+    dots = _promote(embeddings) @ jax.lax.stop_gradient(bank).T  # (B, n_data)
+    return jnp.exp(jnp.take_along_axis(dots, contrast_idx, axis=1) / temperature)
 
 
 def crd_normalizer(scores: jax.Array, n_data: int) -> jax.Array:

@@ -8,7 +8,9 @@ unit of work (:class:`ev3.methods.contract.Work`: :class:`StepWork` for a pure `
 Conventions
 - Batches (:class:`StepWork`): each epoch is a permutation of ``train`` (stream ``batch_order`` folded with the
   epoch number), cut into ``N // batch_size`` batches (the remainder is dropped); the gather runs on device
-  inside the jitted step. The step key is stream ``step`` folded with the step number. With ``train.augment``
+  inside the jitted step. A batch is ``(x, y)``, or ``(x, y, indices)`` (int32 (B,), the examples' rows in
+  ``train``) for a method whose unit of work is :class:`IndexedStepWork` (CRD's memory bank). The step key is
+  stream ``step`` folded with the step number. With ``train.augment``
   (images), the batch is augmented on device in the same step (``ev3.data.augment``, stream ``augment`` of the
   step key).
 - Steps per call (``train.steps_per_call``, N): the Python loop calls one ahead-of-time compiled step per unit
@@ -315,9 +317,11 @@ class StepWork:
     the single compiled step's cost × steps, the teacher's share from ``method.teacher_passes``; no per-step
     host accumulation."""
 
+    with_indices = False  # batches carry the examples' indices in ``train`` (:class:`IndexedStepWork`)
+
     def __init__(self, ctx: RunContext):
         if flops_budget(ctx.spec) is not None:  # the budget is resolved to steps before init (LR schedules need them)
-            ctx.spec = apply_flops_budget(ctx.method, ctx.spec, ctx.data, ctx.teacher)
+            ctx.spec = apply_flops_budget(ctx.method, ctx.spec, ctx.data, ctx.teacher, with_indices=self.with_indices)
         self.ctx = ctx
         method, spec, put = ctx.method, ctx.spec, ctx.put
         self.units, self.steps_per_unit = spec.train["steps"], 1
@@ -331,7 +335,7 @@ class StepWork:
         self.per_epoch = per_epoch = n // batch_size
         if per_epoch < 1:
             raise ValueError(f"train/batch_size={batch_size} exceeds the {n} training examples")
-        augment, dp = augment_fn(spec.train.get("augment")), ctx.dp
+        augment, dp, with_indices = augment_fn(spec.train.get("augment")), ctx.dp, self.with_indices
         key = seed_key(spec.seed)
         self.train = (x_all, y_all)
 
@@ -345,7 +349,7 @@ class StepWork:
                 x, y = dp.constrain_batch((x, y))
             if augment is not None:  # its own stream: the method's key is the same with or without augmentation
                 x = augment(stream(key, "augment"), x)
-            state, logs = method.step(state, (x, y), key)
+            state, logs = method.step(state, (x, y, idx) if with_indices else (x, y), key)
             if dp:
                 state = dp.constrain_replicated(state)
             return state, loss_sum + logs["loss"], i + 1
@@ -461,6 +465,13 @@ class StepWork:
     def model_like(self, meta: dict):
         model = self.ctx.method.model(self.initial)
         return self.ctx.method.select(model, 0) if self.members else model
+
+
+class IndexedStepWork(StepWork):
+    """:class:`StepWork` whose batches are ``(x, y, indices)``: ``indices`` (B,) int32, each example's row in the
+    ``train`` split (a per-example memory, e.g. CRD's bank)."""
+
+    with_indices = True
 
 
 def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None, devices=None) -> FitResult:
@@ -608,13 +619,16 @@ def flops_budget(spec) -> float | None:
     return (spec.budget or {}).get("flops")
 
 
-def apply_flops_budget(method, spec, data, teacher):
+def apply_flops_budget(method, spec, data, teacher, *, with_indices: bool = False):
     """``spec`` with ``train.steps`` = floor(budget FLOPs / training FLOPs of one step) (student + teacher,
     XLA cost of the method's step on one batch), so the run's training FLOPs land within one step of the
-    budget; selection FLOPs are reported beside. Raises ValueError when the budget is less than one step."""
+    budget; selection FLOPs are reported beside. ``with_indices``: the step takes ``(x, y, indices)`` batches.
+    Raises ValueError when the budget is less than one step."""
     state = method.init(spec, data, teacher, jax.random.key(0))
     x, y = data.splits["train"]
     batch = (x[: spec.train["batch_size"]], y[: spec.train["batch_size"]])
+    if with_indices:
+        batch = (*batch, jnp.arange(spec.train["batch_size"], dtype=jnp.int32))
     per_step = flops_of(jax.jit(method.step).lower(state, batch, jax.random.key(0)).compile())
     steps = int(flops_budget(spec) // per_step)
     if steps < 1:

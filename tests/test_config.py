@@ -57,7 +57,7 @@ BAD = [
 
 
 def test_the_shipped_configs_are_valid():
-    for name in ("config.yaml", "smoke.yaml", "cifar10.yaml", "cifar100.yaml"):
+    for name in ("config.yaml", "smoke.yaml", "cifar10.yaml", "cifar100.yaml", "methods.yaml"):
         with open(os.path.join(ROOT, "config", name)) as f:
             validate(yaml.safe_load(f))
 
@@ -87,7 +87,8 @@ def test_validate_does_not_modify_its_input(smoke_config):
 def test_run_configs_round_trip_and_pair_across_methods(smoke_config):
     config = validate(smoke_config)
     runs = student_runs(config)
-    assert len(runs) == len(config["methods"]) * len(config["seeds"])
+    per_seed = sum(len(m.get("students", config["students"])) for m in config["methods"].values())
+    assert len(runs) == per_seed * len(config["seeds"])
     kd = RunSpec.from_dict(student_run(config, "mnist1d", "mlp64", "kd", 1))
     scratch = RunSpec.from_dict(student_run(config, "mnist1d", "mlp64", "scratch", 1))
     assert kd.method_type == "kd" and kd.options == {"temperature": 4.0, "alpha": 0.9}
@@ -167,7 +168,7 @@ def test_every_registered_method_declares_the_whole_contract():
         assert isinstance(module, Method), method_type
         assert all(callable(getattr(module, n)) for n in members), method_type
     with pytest.raises(ValueError, match="unknown method type"):
-        methods.get("fitnet")
+        methods.get("no-such-method")
 
 
 def test_budget_units_per_method_come_from_the_method_modules(smoke_config):
@@ -240,3 +241,33 @@ def test_seed_groups_are_seed_floor_division_and_adding_seeds_never_moves_one(sm
             assert set(old) <= set(home) and set(home) - set(old) <= set(more)
     ungrouped = {k: v for k, v in smoke_config.items() if k != "seeds_per_job"}  # default: one seed per job
     assert seed_groups(validate(ungrouped)) == [[s] for s in sorted(ungrouped["seeds"])]
+
+
+FEATURE_BAD = [
+    (lambda c: c["methods"]["fitnet"].pop("beta"), "methods/fitnet/beta"),
+    (lambda c: c["methods"]["crd"].update(nce_k=0), "methods/crd/nce_k"),
+    (lambda c: c["methods"]["rkd"].update(angle=50.0), "methods/rkd/angle"),
+    (lambda c: c["methods"]["at"].update(students=["resnet20"]), "methods/at/students/0"),
+    (lambda c: c["methods"]["at"].pop("students"), "methods/at"),  # then it runs on the MLP student too
+    (lambda c: c["methods"]["reviewkd"].update(students=["mlp64"]), "methods/reviewkd"),
+    (lambda c: c["models"]["cnn-small"].update(channels=[8, 8, 8]), "methods/at"),  # 3 stages vs the teacher's 2
+]
+
+
+@pytest.mark.parametrize("edit, key", FEATURE_BAD, ids=[b[1] + f"-{i}" for i, b in enumerate(FEATURE_BAD)])
+def test_feature_method_options_and_where_they_apply_are_validated(smoke_config, edit, key):
+    edit(smoke_config)
+    with pytest.raises(ConfigError) as e:
+        validate(smoke_config)
+    assert str(e.value).startswith(f"{key}:"), str(e.value)
+
+
+def test_a_method_instance_runs_on_its_students_only(smoke_config):
+    config = validate(smoke_config)
+    runs = {(r["student"], r["method"]) for r in student_runs(config)}
+    for name, method in config["methods"].items():
+        on = set(method.get("students", config["students"]))
+        assert {s for s, m in runs if m == name} == on, name
+    assert {s for s, m in runs if m == "fitnet"} == {"cnn-small"} and {s for s, m in runs if m == "ev3"} == {"mlp64"}
+    run = student_run(config, "mnist1d", "cnn-small", "fitnet", 0)
+    assert run["options"] == {"beta": 100.0} and run["method_type"] == "fitnet"  # `students` is not a run option

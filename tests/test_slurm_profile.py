@@ -117,7 +117,7 @@ def test_cluster_profile_has_no_test_cluster_settings():
 
 
 def test_the_cifar100_recipe_plans_its_full_dag_with_gpus(tmp_path):
-    """The standard recipe through the cluster profile: 3 teachers (one per student), 3 students × 5 methods ×
+    """The standard recipe through the cluster profile: 3 teachers (one per student), 3 students × 10 methods ×
     3 seeds, every training job with the profile's resources and one GPU, the data job only checking."""
     config_path = os.path.join(ROOT, "config", "cifar100.yaml")
     # A dry run caps rule threads at --cores (1 unless given); a SLURM run leaves --cores unset and does not.
@@ -127,7 +127,7 @@ def test_the_cifar100_recipe_plans_its_full_dag_with_gpus(tmp_path):
         config = yaml.safe_load(f)
     profile, planned = load(PROFILE), planned_resources(out)
     students = len(config["students"]) * len(config["methods"]) * len(config["seeds"])
-    assert len(planned["train_student"]) == students == 45 and len(planned["train_teacher"]) == 3
+    assert len(planned["train_student"]) == students == 90 and len(planned["train_teacher"]) == 3
     assert "check_data" in out and "prepare_data" not in planned  # TFDS data is prepared beforehand, only checked
     for rule in ("train_teacher", "train_student"):
         want = {**profile["default-resources"], **profile["set-resources"][rule]}

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import require_tool
+from ev3.config import student_runs, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNAKEFILE = os.path.join(ROOT, "workflow", "Snakefile")
@@ -49,8 +50,8 @@ def test_smoke_dag_outputs_are_complete_and_schema_valid(smoke_run):
     with open(os.path.join(ROOT, "workflow", "schemas", "metrics.schema.json")) as f:
         schema = json.load(f)
     files = sorted(glob.glob(str(smoke_run / "runs" / "*" / "*" / "*" / "seed*" / "metrics.json")))
-    smoke = yaml.safe_load(open(os.path.join(ROOT, "config", "smoke.yaml")))
-    assert len(files) == len(smoke["methods"]) * len(smoke["seeds"])
+    smoke = validate(yaml.safe_load(open(os.path.join(ROOT, "config", "smoke.yaml"))))
+    assert len(files) == len(student_runs(smoke))  # each method on its students
     for path in files + glob.glob(str(smoke_run / "teacher" / "*" / "*" / "seed*" / "metrics.json")):
         metrics = json.load(open(path))
         jsonschema.validate(metrics, schema)
@@ -67,12 +68,14 @@ def test_smoke_dag_outputs_are_complete_and_schema_valid(smoke_run):
 @pytest.mark.slow
 def test_summary_table_matches_the_runs(smoke_run):
     summary = pd.read_csv(smoke_run / "tables" / "summary.csv")
-    smoke = yaml.safe_load(open(os.path.join(ROOT, "config", "smoke.yaml")))
-    assert sorted(summary["method"]) == sorted(smoke["methods"])
-    assert list(summary["method"][:2]) == ["scratch", "kd"]  # baselines first
+    smoke = validate(yaml.safe_load(open(os.path.join(ROOT, "config", "smoke.yaml"))))
+    runs = sorted({(r["student"], r["method"]) for r in student_runs(smoke)})  # a method runs on its students
+    assert sorted(zip(summary["student"], summary["method"])) == runs
+    for _, rows in summary.groupby("student", sort=False):
+        assert list(rows["method"][:2]) == ["scratch", "kd"]  # baselines first
     assert (summary["n_seeds"] == 3).all()
     for row in summary.itertuples():
-        accs = [json.load(open(p))["test_accuracy"] for p in glob.glob(str(smoke_run / "runs" / "mnist1d" / "mlp64" / row.method / "seed*" / "metrics.json"))]
+        accs = [json.load(open(p))["test_accuracy"] for p in glob.glob(str(smoke_run / "runs" / "mnist1d" / row.student / row.method / "seed*" / "metrics.json"))]
         assert row.test_acc_mean == pytest.approx(np.mean(accs), rel=1e-5)
         assert row.test_acc_ci_low < row.test_acc_mean < row.test_acc_ci_high
     md = (smoke_run / "tables" / "summary.md").read_text()

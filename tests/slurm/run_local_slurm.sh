@@ -135,8 +135,9 @@ run_wall=$(( $(date +%s) - run_start ))
 # Every run's metrics, the summary table, and every cluster job submitted through SLURM.
 read -r expected_runs expected_jobs < <(python - "$CONFIG" "$SEEDS" <<'EOF'
 import sys, yaml
-c = yaml.safe_load(open(sys.argv[1]))
-runs = len(c["datasets"]) * len(c["students"]) * len(c["methods"]) * len(yaml.safe_load(sys.argv[2]))
+from ev3.config import student_runs, validate
+c = validate({**yaml.safe_load(open(sys.argv[1])), "seeds": yaml.safe_load(sys.argv[2])})
+runs = len(student_runs(c))  # each method on its students (a method's `students`)
 print(runs, len(c["datasets"]) * 2 + runs)  # prepare_data and train_teacher per dataset, train_student per run
 EOF
 )
