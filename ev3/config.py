@@ -104,7 +104,8 @@ def validate(config: dict) -> dict:
             )
     for name, method in config["methods"].items():
         if method["type"] == "ev3":
-            _check_ev3(f"methods/{name}", method, {s: config["models"][s]["type"] for s in config["students"]})
+            _check_ev3(f"methods/{name}", method, {s: config["models"][s]["type"] for s in method_students(config, name)},
+                       flops_budget=bool(config.get("budget")) and "flops" in config["budget"])
     if seeds_per_job(config)["mode"] == "vmap":
         from ev3.seedgroup import UNSUPPORTED  # the vmapped trainer's own list
 
@@ -124,19 +125,30 @@ def validate(config: dict) -> dict:
                     f"budget/student_steps: {config['budget']['student_steps']} is less than one unit of "
                     f"methods/{name} ({share} student steps)"
                 )
+            if method["type"] == "ev3" and method.get("passes", 1) > config["budget"]["student_steps"] // share:
+                raise ConfigError(
+                    f"methods/{name}/passes: {method['passes']} passes exceed the "
+                    f"{config['budget']['student_steps'] // share} rounds of budget/student_steps"
+                )
     return config
 
 
-def _check_ev3(key: str, options: dict, student_types: dict) -> None:
+def _check_ev3(key: str, options: dict, student_types: dict, flops_budget: bool = False) -> None:
     """EV3 options that depend on ``decide.rule``: ``confidence`` and the objectives' ``margin`` are read (and
     required) only by ``paired``, ``decide.alpha`` only by ``reference``; elsewhere each is an error. A
-    ``growth.operator`` must fit every student's model type (``student_types``: student → type)."""
+    ``growth.operator`` must fit every student's model type (``student_types``: student → type). ``passes`` > 1
+    needs a round budget (``flops_budget``: the config sets ``budget.flops``) and at most ``iterations`` passes."""
     from ev3.methods.ev3 import OPERATOR_TYPES
 
     operator = (options.get("growth") or {}).get("operator")
     for student, kind in student_types.items():
         if operator and kind not in OPERATOR_TYPES[operator]:
             raise ConfigError(f"{key}/growth/operator: {operator!r} cannot grow student {student!r} of type {kind!r}")
+    passes = options.get("passes", 1)
+    if passes > 1 and flops_budget:
+        raise ConfigError(f"{key}/passes: {passes} passes need a round budget (iterations), not budget.flops")
+    if passes > options["iterations"]:
+        raise ConfigError(f"{key}/passes: {passes} passes exceed iterations ({options['iterations']} rounds)")
     rule = options["decide"]["rule"]
     if rule == "paired":
         if "confidence" not in options:

@@ -32,6 +32,19 @@ Every round's assess and decide draws are fresh, i.i.d. with replacement, each f
 reflect-pad-1 crop + flip and decided with a flip; ``meta``: assess from the first half of the ``meta`` split,
 decide from the second).
 
+**Multi-pass** (``passes`` P > 1, the reference's multi-pass KD; :class:`Passes`): the rounds split equally
+over P passes (a pass's budget: the rounds left / the passes left); each pass starts from a freshly
+initialised student (θ = θ_s, fresh optimizer states, growth history reset). After every decided round the
+archive is offered θ, scored on that round's decide draw (accuracy), and keeps one student per size (growth
+level of its pass, 0 … ``max_size``), replaced when θ's accuracy is strictly higher (:func:`offer`). From pass 2
+the family holds one more loss per student archived at the pass's start, reverse KL (T = 1) toward its
+eval-mode logits (:func:`pass_options`; ×|optimizers| candidates). A pass ends when its budget is spent or
+when growth would exceed ``max_size`` (the last pass then keeps training at its size). The loop's unit stays
+the round of nominal K₁·L student steps (K₁: the configured losses × optimizers; eval/checkpoint cadence,
+``budget.student_steps``, ``compute.student_steps``); a pass-2+ round's real K·L steps are in the FLOPs and
+``summary()["passes"]["student_steps"]``, and the archived students' forwards are teacher FLOPs (the teacher
+forwards counter stays the teacher network's: K₁·L a round).
+
 One round is EV3's unit of work (:class:`Round`; host-driven: statistical tests, architecture changes) in the
 shared loop :func:`ev3.train.fit`: the budget is ``iterations`` rounds (with a FLOPs budget: rounds until the
 next one would exceed it); every candidate step counts as a student step (K·L per round); evaluations on
@@ -192,6 +205,24 @@ class EV3Run:
     growth_events: list = field(default_factory=list)
     last_losses: np.ndarray | None = None
     rounds: int = 0
+    multipass: "Passes | None" = None
+
+
+@dataclass
+class Passes:
+    """Multi-pass state (``passes`` > 1). ``index``: the pass (0-based); ``start``/``end``: its first round and the
+    round its budget ends at; ``archive``: growth level (growth events of its pass) → ``{"arch", "params",
+    "accuracy", "pass", "iteration"}``, one student per size; ``teachers``: the archive's entries at the start of
+    this pass (level order), each the target of one reverse-KL loss; ``student_steps``: real student steps so
+    far (a pass ≥ 2 round runs K₁ + |teachers|·|optimizers| candidates); ``starts``: each pass's first round."""
+
+    index: int = 0
+    start: int = 0
+    end: int = 0
+    archive: dict = field(default_factory=dict)
+    teachers: list = field(default_factory=list)
+    student_steps: int = 0
+    starts: list = field(default_factory=lambda: [0])
 
 
 def init(spec, data, teacher, key) -> EV3Run:
@@ -200,7 +231,26 @@ def init(spec, data, teacher, key) -> EV3Run:
     params = _variables(net)
     arch = _Arch(dict(spec.model), net.graphdef)
     protocol = init_state(params, _init_opt_states(_family_batches(candidates), params))
-    return EV3Run(protocol, arch, candidates, _objectives(spec.options))
+    passes = spec.options.get("passes", 1)
+    multipass = Passes(end=_pass_end(0, spec.options["iterations"], 0, passes)) if passes > 1 else None
+    return EV3Run(protocol, arch, candidates, _objectives(spec.options), multipass=multipass)
+
+
+def _pass_end(start: int, units: int, index: int, passes: int) -> int:
+    """The round at which pass ``index`` (starting at round ``start``) has spent its budget: the rounds left split
+    equally over the passes left (the last takes the remainder; a pass ended early by growth leaves its rounds
+    to the passes after it)."""
+    return units if index == passes - 1 else start + (units - start) // (passes - index)
+
+
+ARCHIVE_LOSS = {"loss": "reverse_kl", "t_kd": 1.0}
+"""The loss toward an archived student (its eval-mode logits as the teacher's): reverse KL at T = 1."""
+
+
+def pass_options(options: dict, teachers: int) -> dict:
+    """The options of a pass with ``teachers`` archived students: ``losses`` + one reverse-KL loss toward each
+    (``target``: its index in the pass's teachers), so K = (|losses| + teachers)·|optimizers|."""
+    return {**options, "losses": list(options["losses"]) + [{**ARCHIVE_LOSS, "target": j} for j in range(teachers)]}
 
 
 def evaluate(model: Model, x):
@@ -283,8 +333,27 @@ class Round:
         self.order_key, self.assess_key, self.decide_key = (stream(key, s) for s in ("batch_order", "assess", "decide"))
         augment = augment_fn(spec.train.get("augment"))
         self.built: dict = {}
+        self.archs: dict = {}
+        self.passes = o.get("passes", 1)
+        if self.passes > 1 and self.units is None:
+            raise ValueError(f"methods/{spec.method}/passes: {self.passes} passes need a round budget, "
+                             "not budget.flops")
+        self.families_by_teachers = {0: self.families}
+        self.draws: dict = {}
 
         K = self.K
+
+        def draw_pass(teacher, order_key, it, *, k, base):
+            """A pass with archived students: ``k`` candidates' batches ``(k, L, B, ...)`` and the teacher's
+            logits on the base candidates' (``base``, static) only, ``(len(base), L, B, C)``."""
+            idx = jax.random.randint(jax.random.fold_in(order_key, it), (k * L * B,), 0, x_train.shape[0])
+            xb, yb = x_train[idx], y_train[idx]
+            if augment is not None:
+                xb = augment(stream(jax.random.fold_in(order_key, it), "augment"), xb)
+            xb, yb = xb.reshape(k, L, B, *xb.shape[1:]), yb.reshape(k, L, B)
+            return xb, yb, teacher(xb[base].reshape(-1, *xb.shape[3:])).reshape(len(base), L, B, -1)
+
+        self.draw_pass = draw_pass
 
         def draw(teacher, order_key, it):  # keys are arguments: other seeds reuse the compiled kernel
             """This round's L train batches of each of the K candidates (augmented with ``train.augment``) with
@@ -309,7 +378,53 @@ class Round:
         self.draw = draw
 
     def load(self, state: EV3Run, units_done: int) -> None:
+        self.archs.setdefault(json.dumps(state.arch.config, sort_keys=True), state.arch)
         self.run = state
+
+    def _canonical(self, config: dict, graphdef) -> _Arch:
+        """The run's one :class:`_Arch` of ``config`` (so a pass that reaches an architecture again reuses its
+        compiled functions)."""
+        return self.archs.setdefault(json.dumps(config, sort_keys=True), _Arch(config, graphdef))
+
+    def _families(self, teachers: int) -> dict:
+        """The candidate families of a pass with ``teachers`` archived students (cached)."""
+        if teachers not in self.families_by_teachers:
+            self.families_by_teachers[teachers] = _family_batches(_candidates(pass_options(self.o, teachers)))
+        return self.families_by_teachers[teachers]
+
+    def _new_pass(self, it: int) -> EV3Run:
+        """Pass ``index + 1`` starting at round ``it``: a freshly initialised student (θ = θ_s), fresh optimizer
+        states, the growth history reset, and the archive as it is now as the pass's extra targets."""
+        ctx, run, mp = self.ctx, self.run, self.run.multipass
+        index = mp.index + 1
+        teachers = [mp.archive[level] for level in sorted(mp.archive)]
+        key = jax.random.fold_in(stream(seed_key(ctx.spec.seed), "pass_init"), index)
+        net = models.build(ctx.spec.model, ctx.data.input_shape, ctx.data.num_classes, key)
+        params = _variables(net)
+        protocol = init_state(params, _init_opt_states(self._families(len(teachers)), params))
+        protocol = protocol._replace(iteration=run.protocol.iteration)
+        ctx.log(f"[{ctx.spec.method} seed{ctx.spec.seed}] iteration {it}: pass {index + 1} with "
+                f"{len(teachers)} archived students")
+        new = dataclasses.replace(mp, index=index, start=it, end=_pass_end(it, self.units, index, self.passes),
+                                  teachers=teachers, starts=mp.starts + [it])
+        return dataclasses.replace(run, protocol=protocol, arch=self._canonical(dict(ctx.spec.model), net.graphdef),
+                                   candidates=_candidates(pass_options(self.o, len(teachers))), significant=[],
+                                   multipass=new)
+
+    def _targets(self, xb, logits, K: int):
+        """``logits`` (K₁, L, B, C) of the base candidates merged with each archived student's eval-mode logits
+        on its candidates' batches ``xb`` (K, L, B, ...) into (K, L, B, C) (archived forwards: teacher FLOPs)."""
+        mp, nb = self.run.multipass, len(self.o["losses"])
+        n_losses = nb + len(mp.teachers)
+        base = np.array([c for c in range(K) if c % n_losses < nb])
+        out = jnp.zeros((K, *logits.shape[1:]), logits.dtype).at[base].set(logits)
+        for j, teacher in enumerate(mp.teachers):
+            ids = np.arange(nb + j, K, n_losses)
+            x = xb[ids].reshape(-1, *xb.shape[3:])
+            compiled, f = self.ctx.counter.compile("archive_forward", teacher["arch"].apply, teacher["params"], x)
+            self.ctx.flops["teacher"] += f
+            out = out.at[ids].set(compiled(teacher["params"], x).reshape(len(ids), *logits.shape[1:]))
+        return out
 
     def state(self) -> EV3Run:
         return self.run
@@ -329,22 +444,41 @@ class Round:
         return compiled(*args)
 
     def advance(self, it: int, count: int = 1) -> None:
-        ctx, o, run, flops, L, K = self.ctx, self.o, self.run, self.ctx.flops, self.L, self.K
-        state, arch, counter = run.protocol, run.arch, ctx.counter
-        growth = o["growth"]
-        grows = (bool(growth) and len(run.growth_events) < growth["max_size"]
-                 and _stalled(run.significant, growth["patience"]))
-        draw_args = (ctx.teacher, self.order_key, np.int32(it))
-        draw_c, f_t = counter.compile("draw", self.draw, *draw_args)
-        xb, yb, teacher_logits = draw_c(*draw_args)
+        ctx, o, flops, L, counter = self.ctx, self.o, self.ctx.flops, self.L, self.ctx.counter
+        growth, mp = o["growth"], self.run.multipass
+        stalled = bool(growth) and _stalled(self.run.significant, growth["patience"])
+        if mp is not None and mp.index < self.passes - 1 and (
+                it >= mp.end or (stalled and _level(self.run) >= growth["max_size"])):
+            self.run = self._new_pass(it)  # budget spent, or growth would exceed max_size: the next pass
+            stalled, mp = False, self.run.multipass
+        run = self.run
+        state, arch, K = run.protocol, run.arch, len(run.candidates)
+        grows = stalled and _level(run) < growth["max_size"]
+        if mp is None or not mp.teachers:
+            draw_args = (ctx.teacher, self.order_key, np.int32(it))
+            draw_c, f_t = counter.compile("draw", self.draw, *draw_args)
+            xb, yb, teacher_logits = draw_c(*draw_args)
+        else:
+            n_losses = len(o["losses"]) + len(mp.teachers)
+            if K not in self.draws:
+                base = np.array([c for c in range(K) if c % n_losses < len(o["losses"])])
+                self.draws[K] = partial(self.draw_pass, k=K, base=base)
+            draw_args = (ctx.teacher, self.order_key, np.int32(it))
+            draw_c, f_t = counter.compile(f"draw_pass{K}", self.draws[K], *draw_args)
+            xb, yb, teacher_logits = draw_c(*draw_args)
+            teacher_logits = self._targets(xb, teacher_logits, K)
         flops["teacher"] += f_t
 
         family_params, new_opt_states, losses = [], {}, np.zeros(K)
         origin = run.growth_events[-1]["iteration"] + 1 if run.growth_events else 0  # the states' first round
-        for fam, (ids, lhp, ohp, cosine) in self.families.items():  # candidate ids are contiguous per family, in order
+        total = o["iterations"] * L
+        if mp is not None:  # schedules restart at each pass and run over its budget
+            origin, total = max(origin, mp.start), (mp.end - mp.start) * L
+        families = self._families(len(mp.teachers) if mp is not None else 0)
+        for fam, (ids, lhp, ohp, cosine) in families.items():  # candidate ids are contiguous per family, in order
             fn = arch.fn(f"explore_{fam}",
                          lambda fam=fam: partial(explore, arch.train_apply, FAMILIES[fam], per_candidate=True))
-            scale = cosine_scale(cosine, (it - origin) * L, L, o["iterations"] * L)
+            scale = cosine_scale(cosine, (it - origin) * L, L, total)
             sl = slice(ids[0], ids[-1] + 1)
             args = (state.params, state.opt_states[fam], lhp, ohp, (xb[sl], yb[sl]), teacher_logits[sl], scale)
             compiled, f = counter.compile(f"explore_{fam}", fn, *args)
@@ -361,6 +495,10 @@ class Round:
         state = state._replace(opt_states=new_opt_states)
 
         student_steps = (it + 1) * K * L
+        if mp is not None:  # a pass with archived students runs more candidates than the unit's nominal K₁
+            mp = dataclasses.replace(mp, student_steps=mp.student_steps + K * L)
+            student_steps = mp.student_steps
+            self.run = run = dataclasses.replace(run, multipass=mp)
         if grows:  # this round's proposal is discarded (its steps count): θ and θ_s grow instead
             self.run = self._grow(it, state, arch, losses, student_steps)
             return
@@ -406,7 +544,18 @@ class Round:
         decision.update(family=fam, loss=loss_hp, optimizer={**opt_hp, "schedule": schedule},
                         student_steps=student_steps, train_loss=float(losses[picked]))
         significant = decision["stable_moved"] and rule != "always"  # under always θ_s = θ moves trivially
-        self.run = dataclasses.replace(run, protocol=state, decisions=run.decisions + [decision],
+        if mp is not None:  # the archive is offered θ, scored on this round's decide draw
+            if rule == "always":
+                x_decide, y_decide, t_decide = self._sample("decide", it)
+            acc = float(np.mean(self._score(arch, state.params, x_decide, y_decide, t_decide, False)["accuracy"]))
+            level = _level(run)
+            decision.update({"pass": mp.index, "current_decide_accuracy": acc})
+            entry = {"arch": arch, "params": state.params, "accuracy": acc, "pass": mp.index, "iteration": it}
+            archive = offer(mp.archive, level, entry)
+            if archive is not mp.archive:
+                mp = dataclasses.replace(mp, archive=archive)
+                decision["archived"] = level
+        self.run = dataclasses.replace(run, protocol=state, decisions=run.decisions + [decision], multipass=mp,
                                        significant=run.significant + [significant], last_losses=losses, rounds=it + 1)
 
     def _grow(self, it: int, state: EV3State, arch: _Arch, losses, student_steps: int) -> EV3Run:
@@ -419,17 +568,22 @@ class Round:
         grown = [op(arch.config, models.Network(arch.graphdef, v["params"], v["rest"]), shape, classes, key,
                     morphism=morphism) for v in (state.params, state.stable_params)]
         new_config, (current, stable) = grown[0][0], (_variables(n) for _, n in grown)
-        new_arch = _Arch(new_config, grown[0][1].graphdef)
+        new_arch = self._canonical(new_config, grown[0][1].graphdef)
+        families = self._families(len(run.multipass.teachers) if run.multipass else 0)
         state = state._replace(params=current, stable_params=stable,
-                               opt_states=_init_opt_states(self.families, current), iteration=state.iteration + 1)
+                               opt_states=_init_opt_states(families, current), iteration=state.iteration + 1)
         event = {"iteration": it, "student_steps": student_steps, "operator": op.__name__, "morphism": morphism,
                  "from_arch": _arch_name(arch.config), "to_arch": _arch_name(new_config),
                  "params_before": models.param_count(run.protocol.params["params"]),
                  "params": models.param_count(current["params"])}
+        if run.multipass is not None:
+            event["pass"] = run.multipass.index
         ctx.log(f"[{ctx.spec.method} seed{ctx.spec.seed}] iteration {it}: grew to {event['to_arch']}")
         decision = {"iteration": it, "rule": self.o["decide"]["rule"], "grew": True, "winner": "current",
                     "accepted": False, "stable_moved": False, "rolled_back": False, "student_steps": student_steps,
                     "train_loss": _min_finite(losses)}
+        if run.multipass is not None:
+            decision["pass"] = run.multipass.index
         return dataclasses.replace(run, protocol=state, arch=new_arch, significant=[], decisions=run.decisions + [decision],
                                    growth_events=run.growth_events + [event], last_losses=losses, rounds=it + 1)
 
@@ -454,6 +608,16 @@ class Round:
         meta = {"state_iteration": p.iteration, "stall_count": p.stall_count, "arch": run.arch.config,
                 "significant": run.significant, "decisions": _json_safe(run.decisions),
                 "growth_events": run.growth_events, "last_losses": _json_safe(list(run.last_losses))}
+        mp = run.multipass
+        if mp is not None:  # the archive's and the pass's targets' parameters, their configs in meta
+            entries = {**{f"archive_{level}": e for level, e in mp.archive.items()},
+                       **{f"teacher_{j}": e for j, e in enumerate(mp.teachers)}}
+            trees.update({name: e["params"] for name, e in entries.items()})
+            meta["multipass"] = {
+                "index": mp.index, "start": mp.start, "end": mp.end, "student_steps": mp.student_steps,
+                "starts": mp.starts, "teachers": len(mp.teachers),
+                "entries": {name: {**{k: v for k, v in e.items() if k != "params"}, "arch": e["arch"].config}
+                            for name, e in entries.items()}}
         return trees, meta
 
     def _arch_like(self, config: dict):
@@ -461,12 +625,16 @@ class Round:
         name = json.dumps(config, sort_keys=True)
         if name not in self.built:
             net = models.build(config, self.ctx.data.input_shape, self.ctx.data.num_classes, jax.random.key(0))
-            self.built[name] = (_Arch(config, net.graphdef), _variables(net))
+            self.built[name] = (self._canonical(config, net.graphdef), _variables(net))
         return self.built[name]
 
     def likes(self, meta: dict) -> dict:
         params = self._arch_like(meta["arch"])[1]
-        return {"params": params, "opt_states": _init_opt_states(self.families, params), "stable_params": params}
+        mp = meta.get("multipass")
+        teachers = mp["teachers"] if mp else 0
+        extra = {name: self._arch_like(e["arch"])[1] for name, e in mp["entries"].items()} if mp else {}
+        return {"params": params, "opt_states": _init_opt_states(self._families(teachers), params),
+                "stable_params": params, **extra}
 
     def restore(self, trees: dict, meta: dict, units_done: int) -> None:
         protocol = EV3State(trees["params"], trees["opt_states"], trees["stable_params"], meta["state_iteration"], meta["stall_count"])
@@ -475,6 +643,15 @@ class Round:
             decisions=meta["decisions"], growth_events=meta["growth_events"], rounds=units_done,
             last_losses=np.array([np.nan if x is None else x for x in meta["last_losses"]]),
         )
+        m = meta.get("multipass")
+        if m is not None:
+            entries = {name: {**e, "arch": self._arch_like(e["arch"])[0], "params": trees[name]}
+                       for name, e in m["entries"].items()}
+            archive = {int(name.split("_")[1]): e for name, e in entries.items() if name.startswith("archive_")}
+            teachers = [entries[f"teacher_{j}"] for j in range(m["teachers"])]
+            self.run = dataclasses.replace(
+                self.run, candidates=_candidates(pass_options(self.o, len(teachers))),
+                multipass=Passes(m["index"], m["start"], m["end"], archive, teachers, m["student_steps"], m["starts"]))
 
     def model_meta(self, model: Model) -> dict:
         return {"arch": json.loads(model.arch)}
@@ -500,6 +677,21 @@ def _finite_members(batched, k: int) -> np.ndarray:
     for leaf in jax.tree.leaves(batched):
         ok &= np.asarray(jnp.isfinite(leaf).reshape(k, -1).all(axis=1))
     return ok
+
+
+def offer(archive: dict, level: int, entry: dict) -> dict:
+    """The multi-pass archive after ``entry`` (θ with its decide ``accuracy``) is offered at growth ``level``: a new
+    dict holding it when the level is empty or its accuracy is strictly higher than the archived one's, else
+    ``archive`` itself (one student per size; ties keep the earlier)."""
+    if level in archive and not entry["accuracy"] > archive[level]["accuracy"]:
+        return archive
+    return {**archive, level: entry}
+
+
+def _level(run: EV3Run) -> int:
+    """Growth events of the current pass (the archive's size key)."""
+    index = run.multipass.index if run.multipass is not None else 0
+    return sum(e.get("pass", 0) == index for e in run.growth_events)
 
 
 def _stalled(significant: list, patience: int) -> bool:
@@ -576,4 +768,10 @@ def summary(result: FitResult) -> dict:
         "current_arch": run.arch.config,
         "trajectory": trajectory,
         "mean_candidate_losses_last": [float(x) for x in run.last_losses],
+        **({} if run.multipass is None else {"passes": {
+            "count": len(run.multipass.starts), "starts": run.multipass.starts,
+            "student_steps": run.multipass.student_steps,
+            "archive": [{"level": level, "arch": e["arch"].config, "params": models.param_count(e["params"]["params"]),
+                         "decide_accuracy": e["accuracy"], "pass": e["pass"], "iteration": e["iteration"]}
+                        for level, e in sorted(run.multipass.archive.items())]}}),
     })
