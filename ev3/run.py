@@ -117,7 +117,7 @@ def write_outputs(spec: RunSpec, loaded: Loaded, result: FitResult, out_dir: str
         else accuracy(teacher_test_logits, dataset.splits["test"][1]),
         "student_params": models.param_count(student.params),
         "history": result.history,
-        "compute": result.compute,
+        "compute": result.compute if result.shared is None else {**result.compute, "shared": result.shared},
         "versions": versions(),
     }
     summary = method.summary(result)

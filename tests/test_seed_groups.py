@@ -18,6 +18,7 @@ import ev3.run
 from ev3 import checkpoint
 from ev3.config import RunSpec, student_run, validate
 from ev3.models import build
+from ev3.report.aggregate import metrics_validator
 from ev3.train import NonFiniteError
 
 STEPS, EVAL_EVERY = 30, 10
@@ -195,6 +196,9 @@ def test_a_vmap_group_job_gives_each_seed_its_own_run(reference, tmp_path):
         for key in ("student_steps", "teacher_forwards", "flops_student", "flops_teacher"):
             assert mv["compute"][key] == ms["compute"][key], key
         assert len(mv["history"]) == len(ms["history"])
+        assert mv["compute"]["shared"]["seeds"] == [0, 1, 2] and "shared" not in ms["compute"]  # the split is marked
+        metrics_validator().validate(mv)
+        assert mv["compute"]["wall_s"] == pytest.approx(mv["compute"]["shared"]["wall_s"] / 3)
         np.testing.assert_allclose(pv["prob"], ps["prob"], atol=1e-4)
         top2 = np.sort(ps["prob"], axis=1)[:, -2:]
         clear = top2[:, 1] - top2[:, 0] > 1e-4
