@@ -1,5 +1,5 @@
-"""A CRD run interrupted after a checkpoint resumes to the uninterrupted result: the trained state, the memory
-banks and the NCE constants (method state checkpointed with the student), the selected model and the history."""
+"""A feature-method run interrupted after a checkpoint resumes to the uninterrupted result: the trained state
+(student and connectors; CRD's memory banks and NCE constants too), the selected model and the history."""
 
 import os
 
@@ -23,16 +23,17 @@ class Interrupt(Exception):
     pass
 
 
-def test_a_crd_run_resumed_after_an_interruption_equals_the_uninterrupted_run(data_dir, tmp_path):
+@pytest.mark.parametrize("method", ["crd", "fitnet", "at", "rkd", "reviewkd"])
+def test_a_run_resumed_after_an_interruption_equals_the_uninterrupted_run(method, data_dir, tmp_path):
     with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
         config = yaml.safe_load(f)
     config["train"].update(steps=STEPS, eval_every=EVERY)
     config = validate(config)
-    spec = RunSpec.from_dict({**student_run(config, "mnist1d", "cnn-small", "crd", 0), "data_dir": data_dir})
+    spec = RunSpec.from_dict({**student_run(config, "mnist1d", "cnn-small", method, 0), "data_dir": data_dir})
     data = load("mnist1d", data_dir, **spec.split)
     net = models.build(config["models"]["cnn"], data.input_shape, data.num_classes, jax.random.key(5))
     teacher = Frozen(net.graphdef, net.params, net.rest)  # any fixed teacher
-    crd = methods.get("crd")
+    crd = methods.get(method)
     reference = fit(crd, spec, data, teacher, log=lambda s: None)
 
     def interrupt(line):
@@ -50,7 +51,11 @@ def test_a_crd_run_resumed_after_an_interruption_equals_the_uninterrupted_run(da
         assert len(la) == len(lb) > 0
         for x, y in zip(la, lb):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    # the banks moved during the run, so their equality above is not that of two untouched initial banks
+    # the state moved during the run, so its equality above is not that of two untouched initial states
     initial = crd.init(spec, data, teacher, stream(seed_key(spec.seed), "student_init"))  # fit's init key
-    assert not np.array_equal(np.asarray(resumed.state.memory["student_bank"]), np.asarray(initial.memory["student_bank"]))
+    if method == "crd":
+        assert not np.array_equal(np.asarray(resumed.state.memory["student_bank"]), np.asarray(initial.memory["student_bank"]))
+    moved = [not np.array_equal(np.asarray(a), np.asarray(b))
+             for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(initial))]
+    assert any(moved)
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in reference.history]
