@@ -15,6 +15,7 @@ NOLOG = lambda s: None  # noqa: E731
 def _pairs(config):
     config["models"]["mlp32"] = {"type": "mlp", "width": 32, "depth": 1}
     config["students"] = ["mlp64", "mlp32"]
+    config["methods"] = {k: m for k, m in config["methods"].items() if "students" not in m}  # those name other students
     config["teacher"]["model"] = {"mlp64": "cnn", "mlp32": "mlp64"}
     return config
 
