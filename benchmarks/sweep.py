@@ -5,7 +5,8 @@
         [--aggregate-runs 1000 10000] [--code DIR] [--no-record]
 
 - plan: ``snakemake -n`` of the default benchmark (config/config.yaml, M methods) with its seeds extended to
-  at least N runs (⌈N / M⌉ seeds), per ``seeds_per_job`` count S: wall seconds, peak RSS of the Snakemake process, jobs.
+  at least N runs (⌈N / M⌉ seeds), per ``seeds_per_job`` count S: wall seconds, peak RSS of the Snakemake
+  process, jobs, and the size of its listing (lines, bytes, longest line).
 - selection: Snakemake's job selection alone, greedy (``--scheduler greedy``) against the default ILP: one round
   over the N training jobs of the default benchmark (S = 1, all ready, as after the teacher) with 100, 10 or 1
   free job slots (a cluster run's first round with ``jobs: 100``; later a round whenever jobs end): seconds per
@@ -88,7 +89,8 @@ def plan(n_runs: int, seeds_per_job: int, code: str) -> dict:
         wall, rss, out = _timed(cmd, cwd=code, code=code)
         jobs = int([line.split()[-1] for line in out.splitlines() if line.startswith("total")][-1])
         return {"runs": n_runs, "seeds_per_job": seeds_per_job, "jobs": jobs, "wall_s": round(wall, 2),
-                "peak_rss_mb": round(rss, 1), "dry_run_lines": out.count("\n")}
+                "peak_rss_mb": round(rss, 1), "dry_run_lines": out.count("\n"), "dry_run_bytes": len(out.encode()),
+                "longest_line": max(map(len, out.splitlines()))}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
