@@ -101,6 +101,7 @@ def plan(n_runs: int, seeds_per_job: int, code: str) -> dict:
 _TIMED_SELECTION = """
 import json, sys, time
 from snakemake.cli import main
+from snakemake.logging import logger
 from snakemake.scheduling.job_scheduler import JobScheduler
 from snakemake_interface_scheduler_plugins.registry import SchedulerPluginRegistry
 from snakemake.scheduling.greedy import SchedulerSettings as Greedy
@@ -112,7 +113,7 @@ def schedule(self):
     ready = [job for job in remaining if job.rule.name.startswith("train_student")]
     self.workflow.async_run(self.update_input_sizes(ready))
     for name, settings in (("greedy", Greedy()), ("ilp", Ilp())):
-        scheduler = SchedulerPluginRegistry().get_plugin(name).scheduler(dag, settings, self.workflow.logger_manager.logger if hasattr(self.workflow, "logger_manager") else None)
+        scheduler = SchedulerPluginRegistry().get_plugin(name).scheduler(dag, settings, logger)
         for free in FREE:
             resources = {"_cores": sys.maxsize, "_nodes": free, "_job_count": sys.maxsize}
             t0 = time.perf_counter()
