@@ -1,11 +1,16 @@
 """A study of many runs: planning, orchestration, fixed cost per run and aggregation at 1k and 10k runs.
 
-    python benchmarks/sweep.py [--parts plan fixed orchestration aggregate] [--plan-runs 1000 10000]
-        [--seeds-per-job 1 10] [--group 8] [--tiny-runs 40] [--aggregate-runs 1000 10000] [--code DIR]
-        [--no-record]
+    python benchmarks/sweep.py [--parts plan selection fixed orchestration aggregate] [--plan-runs 1000 10000]
+        [--selection-runs 1000 10000] [--free-slots 100 10 1] [--seeds-per-job 1 10] [--group 8] [--tiny-runs 40]
+        [--aggregate-runs 1000 10000] [--code DIR] [--no-record]
 
-- plan: ``snakemake -n`` of the default benchmark (config/config.yaml, 8 methods) with its seeds extended to
-  N runs (N / 8 seeds), per ``seeds_per_job`` count S: wall seconds, peak RSS of the Snakemake process, jobs.
+- plan: ``snakemake -n`` of the default benchmark (config/config.yaml, M methods) with its seeds extended to
+  at least N runs (⌈N / M⌉ seeds), per ``seeds_per_job`` count S: wall seconds, peak RSS of the Snakemake
+  process, jobs, and the size of its listing (lines, bytes, longest line).
+- selection: Snakemake's job selection alone, greedy (``--scheduler greedy``) against the default ILP: one round
+  over the N training jobs of the default benchmark (S = 1, all ready, as after the teacher) with 100, 10 or 1
+  free job slots (a cluster run's first round with ``jobs: 100``; later a round whenever jobs end): seconds per
+  round, timed in the Snakemake process after planning.
 - fixed: the fixed cost per run of a training job, tiny real runs (MLP student, 20 steps, one evaluation, kd):
   a job's process wall minus its runs' own steady time (``compute.wall_s − compute.compile_s``: training steps,
   evaluation, checkpoint), per run; for a 1-run job (median of 3) and a ``--group``-run job (sequential).
@@ -27,7 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,8 +75,7 @@ def default_config(n_runs: int, seeds_per_job: int) -> dict:
     with open(os.path.join(ROOT, "config", "config.yaml")) as f:
         config = yaml.safe_load(f)
     config["seeds"] = list(range(-(-n_runs // len(config["methods"]))))
-    if seeds_per_job != 1:
-        config["seeds_per_job"] = {"count": seeds_per_job, "mode": "sequential"}
+    config["seeds_per_job"] = {"count": seeds_per_job, "mode": "sequential"}
     return config
 
 
@@ -85,7 +88,59 @@ def plan(n_runs: int, seeds_per_job: int, code: str) -> dict:
         wall, rss, out = _timed(cmd, cwd=code, code=code)
         jobs = int([line.split()[-1] for line in out.splitlines() if line.startswith("total")][-1])
         return {"runs": n_runs, "seeds_per_job": seeds_per_job, "jobs": jobs, "wall_s": round(wall, 2),
-                "peak_rss_mb": round(rss, 1), "dry_run_lines": out.count("\n")}
+                "peak_rss_mb": round(rss, 1), "dry_run_lines": out.count("\n"), "dry_run_bytes": len(out.encode()),
+                "longest_line": max(map(len, out.splitlines()))}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# Plans the DAG (``snakemake -n``), then, instead of the dry run's listing, times one job-selection round of each
+# scheduler over every ready-to-be training job with ``free`` free job slots (a cluster run's steady state: a job
+# ends, one slot frees, the scheduler scans every ready job again); prints one JSON line per (scheduler, free).
+_TIMED_SELECTION = """
+import json, sys, time
+from snakemake.cli import main
+from snakemake.logging import logger
+from snakemake.scheduling.job_scheduler import JobScheduler
+from snakemake_interface_scheduler_plugins.registry import SchedulerPluginRegistry
+from snakemake.scheduling.greedy import SchedulerSettings as Greedy
+from snakemake.scheduling.milp import SchedulerSettings as Ilp
+
+def schedule(self):
+    dag = self.workflow.dag
+    remaining = list(dag.needrun_jobs())
+    ready = [job for job in remaining if job.rule.name.startswith("train_student")]
+    self.workflow.async_run(self.update_input_sizes(ready))
+    for name, settings in (("greedy", Greedy()), ("ilp", Ilp())):
+        scheduler = SchedulerPluginRegistry().get_plugin(name).scheduler(dag, settings, logger)
+        for free in FREE:
+            resources = {"_cores": sys.maxsize, "_nodes": free, "_job_count": sys.maxsize}
+            t0 = time.perf_counter()
+            chosen = scheduler.select_jobs(ready, remaining, resources, self._input_sizes)
+            seconds = time.perf_counter() - t0
+            print("SELECTION " + json.dumps({"scheduler": name, "ready": len(ready), "free": free,
+                  "selected": None if chosen is None else len(chosen), "round_s": seconds}), flush=True)
+    return True
+
+JobScheduler.schedule = schedule
+FREE = [int(x) for x in sys.argv.pop(1).split(",")]
+sys.argv[0] = "snakemake"
+main()
+"""
+
+
+def selection(n_runs: int, free: list[int]) -> list[dict]:
+    """One job-selection round of the greedy and the ILP scheduler over the training jobs of the default
+    benchmark with ``n_runs`` one-run jobs, all ready at once (as after the teacher), with ``free`` free job
+    slots (``jobs`` of the SLURM profile on a first round, 1 whenever a job ends): seconds per round."""
+    work = tempfile.mkdtemp(prefix="sweep_selection_")
+    try:
+        cfg = _write_config(os.path.join(work, "config.yaml"), default_config(n_runs, 1))
+        cmd = [sys.executable, "-c", _TIMED_SELECTION, ",".join(map(str, free)), "-n", "-s",
+               os.path.join(ROOT, "workflow", "Snakefile"), "--directory", work, "--configfile", cfg, "-j", "100"]
+        _, _, out = _timed(cmd, cwd=ROOT)
+        rows = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("SELECTION ")]
+        return [{"runs": n_runs, **row, "round_s": round(row["round_s"], 3)} for row in rows]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -168,8 +223,11 @@ def orchestration(work: str, n_runs: int, seeds_per_job: int, job_wall_s: float)
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", nargs="+", default=["plan", "fixed", "orchestration", "aggregate"])
+    p.add_argument("--parts", nargs="+", default=["plan", "selection", "fixed", "orchestration", "aggregate"])
     p.add_argument("--plan-runs", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--selection-runs", type=int, nargs="+", default=[1000, 10000])
+    p.add_argument("--free-slots", type=int, nargs="+", default=[100, 10, 1],
+                   help="free job slots of a timed selection round")
     p.add_argument("--seeds-per-job", type=int, nargs="+", default=[1, 10])
     p.add_argument("--group", type=int, default=8, help="S of the fixed-cost group job")
     p.add_argument("--tiny-runs", type=int, default=40, help=f"real runs of the orchestration DAG (≤ {MAX_TINY_RUNS})")
@@ -193,6 +251,10 @@ def main(argv=None) -> None:
         for n in args.plan_runs:
             for s in args.seeds_per_job if other is None else [1]:
                 out("plan", **plan(n, s, code))
+    if "selection" in args.parts and other is None:
+        for n in args.selection_runs:
+            for row in selection(n, args.free_slots):
+                out("selection", **row)
     if {"fixed", "orchestration"} & set(args.parts):
         work = tempfile.mkdtemp(prefix="sweep_tiny_")
         try:

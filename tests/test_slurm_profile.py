@@ -10,6 +10,8 @@ import sys
 import pytest
 import yaml
 
+from ev3.config import method_students, student_runs, validate
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILE = os.path.join(ROOT, "profiles", "slurm")
 SNAKEFILE = os.path.join(ROOT, "workflow", "Snakefile")
@@ -96,8 +98,9 @@ def test_seed_group_rules_get_the_train_student_resources_of_the_profile(tmp_pat
     planned = planned_resources(snakemake(tmp_path, "-n", "--profile", PROFILE, "--configfile", str(tmp_path / "groups.yaml")))
     profile = load(PROFILE)
     assert "train_student" not in planned
+    pairs = sum(len(method_students(validate(config), method)) for method in config["methods"])
     assert {rule: len(jobs) for rule, jobs in planned.items() if rule.startswith("train_student")} == {
-        f"train_student_g{k}": len(config["methods"]) for k in range(3)}
+        f"train_student_g{k}": pairs * len(config["datasets"]) for k in range(3)}
     for k in range(3):
         for resources in planned[f"train_student_g{k}"]:
             for name, value in profile["set-resources"]["train_student"].items():
@@ -117,8 +120,8 @@ def test_cluster_profile_has_no_test_cluster_settings():
 
 
 def test_the_cifar100_recipe_plans_its_full_dag_with_gpus(tmp_path):
-    """The standard recipe through the cluster profile: 3 teachers (one per student), 3 students × 10 methods ×
-    3 seeds, every training job with the profile's resources and one GPU, the data job only checking."""
+    """The standard recipe through the cluster profile: 3 teachers (one per student), every (student, method)
+    pair × 3 seeds, every training job with the profile's resources and one GPU, the data job only checking."""
     config_path = os.path.join(ROOT, "config", "cifar100.yaml")
     # A dry run caps rule threads at --cores (1 unless given); a SLURM run leaves --cores unset and does not.
     out = snakemake(tmp_path, "-n", "--cores", "64", "--profile", PROFILE, "--configfile", config_path,
@@ -126,8 +129,8 @@ def test_the_cifar100_recipe_plans_its_full_dag_with_gpus(tmp_path):
     with open(config_path) as f:
         config = yaml.safe_load(f)
     profile, planned = load(PROFILE), planned_resources(out)
-    students = len(config["students"]) * len(config["methods"]) * len(config["seeds"])
-    assert len(planned["train_student"]) == students == 90 and len(planned["train_teacher"]) == 3
+    pairs = sum(len(method_students(validate(config), method)) for method in config["methods"])
+    assert len(planned["train_student"]) == pairs * len(config["seeds"]) and len(planned["train_teacher"]) == 3
     assert "check_data" in out and "prepare_data" not in planned  # TFDS data is prepared beforehand, only checked
     for rule in ("train_teacher", "train_student"):
         want = {**profile["default-resources"], **profile["set-resources"][rule]}
@@ -166,7 +169,8 @@ def local_rules(workdir, **config) -> list[str]:
 
 
 def test_aggregate_is_local_up_to_report_local_max_runs_and_a_cluster_job_beyond(tmp_path):
-    n_runs = 24  # smoke.yaml: 8 methods × 3 seeds
+    with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
+        n_runs = len(student_runs(validate(yaml.safe_load(f))))  # smoke.yaml's student runs
     assert "aggregate" in local_rules(tmp_path / "a")  # the default limit (500) keeps it on the submitting host
     assert "aggregate" in local_rules(tmp_path / "b", report={"local_max_runs": n_runs})
     beyond = local_rules(tmp_path / "c", report={"local_max_runs": n_runs - 1})
