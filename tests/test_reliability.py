@@ -145,8 +145,8 @@ def test_killed_dag_completes_with_rerun_incomplete(tmp_path, smoke_config):
     def finished():
         return [r for r in runs if (root / "runs" / r / "metrics.json").exists()]
 
-    def checkpointed():  # runs mid-way: a committed checkpoint and no metrics yet
-        return [r for r in runs if committed_steps(root / "state" / "runs" / r) and r not in finished()]
+    def checkpointed():  # runs mid-way: a committed checkpoint in their resume folder and no metrics yet
+        return [r for r in runs if committed_steps(root / "state" / "runs" / r / "resume") and r not in finished()]
 
     first = snakemake(tmp_path, "first.log", "--cores", "1", start_new_session=True)
     deadline = time.monotonic() + 600
