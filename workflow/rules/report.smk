@@ -54,11 +54,6 @@ rule aggregate:
         sample_runs=SAMPLE_RUNS,
     log:
         f"{R}/logs/aggregate.log",
-    # A message replaces the job's input/output listing in Snakemake's output (a dry run of 10,000 runs would
-    # print one line of 20,000 paths); the inputs themselves stay exact.
-    message:
-        f"aggregate {N_RUNS} student runs (metrics.json, predictions.npz) and the teachers into {R}/tables, "
-        f"{R}/figures; log: {R}/logs/aggregate.log"
     localrule: N_RUNS <= LOCAL_MAX_RUNS
     conda:
         CONDA_ENV
