@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 # Tests run single-threaded XLA on CPU so that parallel test workers and subprocesses do not oversubscribe.
@@ -32,6 +33,36 @@ def data_dir(tmp_path_factory):
     for name in ("mnist1d", "digits"):
         prepare(name, str(root))
     return str(root)
+
+
+@pytest.fixture(scope="module")
+def mnist1d(data_dir):
+    """The embedded mnist1d with the benchmark's split (seed 0, val 0.1, meta 0.1), loaded once per module."""
+    from ev3.data import load
+
+    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
+
+
+@contextlib.contextmanager
+def persistent_compile_cache(directory: str):
+    """JAX's persistent compilation cache in ``directory`` for every compile (no minimum time or size) while
+    the context is open; the previous settings come back on exit. For modules whose runs compile the same
+    programs again (the loop's counter still counts each compile)."""
+    import jax
+    from jax._src import compilation_cache
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    old = [getattr(jax.config, n) for n in names]
+    for n, v in zip(names, (directory, 0.0, 0)):
+        jax.config.update(n, v)
+    compilation_cache.reset_cache()
+    try:
+        yield
+    finally:
+        for n, v in zip(names, old):
+            jax.config.update(n, v)
+        compilation_cache.reset_cache()
 
 
 @pytest.fixture

@@ -5,12 +5,10 @@ the first batch and then fixed."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from ev3 import methods, models
 from ev3.config import RunSpec, student_run, validate
-from ev3.data import load
 from ev3.losses import crd_contrast_indices, crd_normalizer, crd_scores, l2_normalize
 from ev3.methods.common import Frozen
 from ev3.rng import stream
@@ -19,10 +17,6 @@ from ev3.rng import stream
 def spec_of(config, dataset, student, method, data_dir):
     return RunSpec.from_dict({**student_run(config, dataset, student, method, 0), "data_dir": data_dir})
 
-
-@pytest.fixture(scope="module")
-def mnist1d(data_dir):
-    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
 
 
 def test_crd_bank_rows_of_the_batch_follow_the_momentum_rule_and_the_others_stay(smoke_config, mnist1d, data_dir):

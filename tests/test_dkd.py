@@ -2,21 +2,15 @@
 
 import jax
 import numpy as np
-import pytest
 
 from ev3 import methods
 from ev3.config import RunSpec, student_run, validate
-from ev3.data import load
 from ev3.losses import cross_entropy, dkd_loss
 from ev3.methods.common import Frozen
 from ev3.models import build
 
 DKD = methods.get("dkd")
 
-
-@pytest.fixture(scope="module")
-def mnist1d(data_dir):
-    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
 
 
 def test_dkd_step_loss_follows_the_warm_up(smoke_config, data_dir, mnist1d):

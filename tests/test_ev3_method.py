@@ -9,16 +9,11 @@ import pytest
 
 from ev3 import methods, models
 from ev3.config import RunSpec, student_run, validate
-from ev3.data import load
 from ev3.methods.common import Frozen
 from ev3.train import accuracy, fit
 
 NOLOG = lambda s: None  # noqa: E731
 
-
-@pytest.fixture(scope="module")
-def mnist1d(data_dir):
-    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
 
 
 @pytest.fixture(scope="module")

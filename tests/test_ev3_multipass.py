@@ -9,7 +9,6 @@ import pytest
 
 from ev3 import methods, models
 from ev3.config import ConfigError, RunSpec, student_run, validate
-from ev3.data import load
 from ev3.methods import ev3 as ev3_method
 from ev3.methods.common import Frozen
 from ev3.train import fit
@@ -17,10 +16,6 @@ from ev3.train import fit
 NOLOG = lambda s: None  # noqa: E731
 PASSES, ITERATIONS = 2, 5
 
-
-@pytest.fixture(scope="module")
-def mnist1d(data_dir):
-    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
 
 
 @pytest.fixture(scope="module")

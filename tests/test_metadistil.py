@@ -10,7 +10,7 @@ import pytest
 
 from ev3 import methods, models
 from ev3.config import RunSpec, student_run, validate
-from ev3.data import Dataset, load
+from ev3.data import Dataset
 from ev3.methods import kd as kd_method
 from ev3.methods import metadistil
 from ev3.methods.common import Frozen, SupervisedState
@@ -19,10 +19,6 @@ from ev3.train import fit
 
 NOLOG = lambda s: None  # noqa: E731
 
-
-@pytest.fixture(scope="module")
-def mnist1d(data_dir):
-    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import yaml
 from ev3 import methods
 from ev3.checkpoint import ResumeStore
 from ev3.config import MAP_METHODS, RunSpec, student_run, teacher_run, validate
-from ev3.data import load
 from ev3.run import run
 from ev3.train import fit
 
@@ -188,10 +187,6 @@ class Interrupt(Exception):
 
 TEACHER = methods.get("teacher")
 
-
-@pytest.fixture(scope="module")
-def mnist1d(data_dir):
-    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
 
 
 EVERY = 70  # evaluation (and checkpoint) cadence of the resume scenario

@@ -7,10 +7,10 @@ import copy
 import jax
 import numpy as np
 import pytest
+from conftest import persistent_compile_cache
 
 from ev3 import methods
 from ev3.config import RunSpec, student_run, validate
-from ev3.data import load
 from ev3.methods.common import Frozen
 from ev3.models import build
 from ev3.seedgroup import _Layout, _forwarded, check_group, fit_vmapped
@@ -34,23 +34,9 @@ NOLOG = lambda s: None  # noqa: E731
 def compile_cache(tmp_path_factory):
     """JAX's persistent compilation cache for this module: a group and its single-seed runs compile the same
     single step, evaluation and permutation (the loop's counter still counts them)."""
-    from jax._src import compilation_cache
+    with persistent_compile_cache(str(tmp_path_factory.mktemp("compile_cache"))):
+        yield
 
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    old = [getattr(jax.config, n) for n in names]
-    for n, v in zip(names, (str(tmp_path_factory.mktemp("compile_cache")), 0.0, 0)):
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
-    yield
-    for n, v in zip(names, old):
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def mnist1d(data_dir):
-    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import copy
 import jax
 import numpy as np
 import pytest
+from conftest import persistent_compile_cache
 import tensorflow_datasets as tfds
 
 from ev3 import methods
@@ -38,23 +39,9 @@ class Interrupt(Exception):
 def compile_cache(tmp_path_factory):
     """JAX's persistent compilation cache for this module: the N = 1 and N = 7 runs of a method compile the same
     step, evaluation and permutation (the loop's counter still counts them)."""
-    from jax._src import compilation_cache
+    with persistent_compile_cache(str(tmp_path_factory.mktemp("compile_cache"))):
+        yield
 
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    old = [getattr(jax.config, n) for n in names]
-    for n, v in zip(names, (str(tmp_path_factory.mktemp("compile_cache")), 0.0, 0)):
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
-    yield
-    for n, v in zip(names, old):
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def mnist1d(data_dir):
-    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import pytest
 
 from ev3 import methods
 from ev3.config import RunSpec, student_run, teacher_run, validate
-from ev3.data import load
 from ev3.methods.common import Frozen
 from ev3.models import build
 from ev3.run import run
@@ -26,10 +25,6 @@ def _spec(config, data_dir, method="scratch", *, steps=None, eval_every=None, te
     d["data_dir"] = data_dir
     return RunSpec.from_dict(d)
 
-
-@pytest.fixture(scope="module")
-def mnist1d(data_dir):
-    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import pytest
 
 from ev3 import methods
 from ev3.config import ConfigError, RunSpec, student_run, validate
-from ev3.data import load
 from ev3.methods.common import Frozen
 from ev3.models import build
 from ev3.train import fit
@@ -17,10 +16,6 @@ NOLOG = lambda s: None  # noqa: E731
 TUNED = methods.get("tuned")
 SPACE = {"temperature": [2.0, 8.0], "alpha": [0.5, 0.9], "learning_rate": [0.001, 0.01]}
 
-
-@pytest.fixture(scope="module")
-def mnist1d(data_dir):
-    return load("mnist1d", data_dir, seed=0, val=0.1, meta=0.1)
 
 
 @pytest.fixture(scope="module")
