@@ -96,6 +96,7 @@ def validate(config: dict) -> dict:
     elif checkpoint is not None and len(teacher_models(config)) > 1:
         raise ConfigError("teacher/checkpoint: one path for several teacher models; give a mapping model -> path")
     for prefix, train in (("train", config["train"]), ("teacher/train", config["teacher"]["train"])):
+        _check_views(prefix, train, config)
         every = train.get("checkpoint_every")
         if every is not None and every % train["eval_every"]:
             raise ConfigError(
@@ -131,6 +132,31 @@ def validate(config: dict) -> dict:
                     f"{config['budget']['student_steps'] // share} rounds of budget/student_steps"
                 )
     return config
+
+
+MIXUP_REFUSED = {"dkd": "its target/non-target split needs each sample's one label",
+                 "crd": "its negatives are other-class examples of each sample's one label"}
+"""Method types whose loss needs hard labels, so they cannot train on mixed (mixup) targets."""
+
+
+def _check_views(prefix: str, train: dict, config: dict) -> None:
+    """``train.augment``'s keys fit the datasets (image keys need images, signal keys 1-D signals), and
+    ``train.mixup`` is not used with a method whose loss needs hard labels (:data:`MIXUP_REFUSED`)."""
+    from ev3.data import SIGNALS
+    from ev3.data.augment import IMAGE_KEYS, SIGNAL_KEYS
+
+    augment = train.get("augment") or {}
+    for kind, keys, fits in (("image", IMAGE_KEYS, lambda d: d not in SIGNALS), ("signal", SIGNAL_KEYS, lambda d: d in SIGNALS)):
+        used = [k for k in keys if k in augment]
+        wrong = [d for d in config["datasets"] if not fits(d)]
+        if used and wrong:
+            raise ConfigError(f"{prefix}/augment/{used[0]}: a {kind} augmentation, and dataset {wrong[0]!r} is not "
+                              f"{'an image' if kind == 'image' else 'a 1-D signal'} dataset")
+    if train.get("mixup") and prefix == "train":
+        for name, method in config["methods"].items():
+            if method["type"] in MIXUP_REFUSED:
+                raise ConfigError(f"{prefix}/mixup: methods/{name} (type {method['type']}) cannot train on mixed "
+                                  f"targets: {MIXUP_REFUSED[method['type']]}")
 
 
 def _check_ev3(key: str, options: dict, student_types: dict, flops_budget: bool = False) -> None:

@@ -1,7 +1,9 @@
 """Losses as pure functions of logits (below) and of intermediate features (the feature, relation and contrastive
 distillation losses at the end of this module).
 
-Shapes: ``logits`` and ``teacher_logits`` are ``(B, C)`` floats, ``labels`` is ``(B,)`` int.
+Shapes: ``logits`` and ``teacher_logits`` are ``(B, C)`` floats, ``labels`` is ``(B,)`` int — or, for the
+cross-entropy after mixup (``ev3.data.augment.mixup``), ``(B, C)`` float targets (convex combinations of one-hot
+labels).
 Every loss returns the batch mean of a per-sample loss (a scalar); ``*_per_sample`` variants return ``(B,)``.
 
 KL direction: ``kd_loss`` is ``T² · KL(p_teacher^T ‖ p_student^T)`` with ``p^T = softmax(logits / T)``, i.e.
@@ -26,8 +28,11 @@ import optax
 
 
 def cross_entropy_per_sample(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """``-log softmax(logits)[label]`` per sample, shape ``(B,)``."""
+    """``-log softmax(logits)[label]`` per sample, shape ``(B,)``; with float targets ``labels`` (B, C) (mixup),
+    ``-Σ_c labels_c · log softmax(logits)_c`` (equal to the former for one-hot targets)."""
     log_p = jax.nn.log_softmax(logits, axis=-1)
+    if labels.ndim == logits.ndim:
+        return -jnp.sum(labels * log_p, axis=-1)
     return -jnp.take_along_axis(log_p, labels[:, None], axis=-1)[:, 0]
 
 

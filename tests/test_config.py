@@ -53,11 +53,18 @@ BAD = [
     (("seeds_per_job",), {"count": 0}, "seeds_per_job/count"),
     (("seeds_per_job",), {"count": 2, "mode": "parallel"}, "seeds_per_job/mode"),
     (("seeds_per_job",), {"size": 2}, "seeds_per_job/size"),
+    (("train", "augment"), {"crop_padding": 4}, "train/augment/crop_padding"),  # an image transform on mnist1d
+    (("teacher", "train", "augment"), {"translate": -1}, "teacher/train/augment/translate"),
+    (("train", "augment"), {"shift": 2}, "train/augment/shift"),
+    (("train", "mixup"), {"alpha": 0}, "train/mixup/alpha"),
+    (("train", "mixup"), {"alpha": 1.0, "per": "pair"}, "train/mixup/per"),
+    (("train", "mixup"), {"alpha": 1.0}, "train/mixup"),  # the smoke config has crd, whose loss needs hard labels
 ]
 
 
 def test_the_shipped_configs_are_valid():
-    for name in ("config.yaml", "smoke.yaml", "cifar10.yaml", "cifar100.yaml", "methods.yaml"):
+    for name in ("config.yaml", "smoke.yaml", "cifar10.yaml", "cifar100.yaml", "methods.yaml", "ev3-ablations.yaml",
+                 "ev3-multipass.yaml"):
         with open(os.path.join(ROOT, "config", name)) as f:
             validate(yaml.safe_load(f))
 

@@ -29,6 +29,7 @@ from ev3.data.splits import carve
 EMBEDDED = ("mnist1d", "digits")
 TFDS_IMAGES = {"mnist": 10, "cifar10": 10, "cifar100": 100}  # name -> classes
 DATASETS = EMBEDDED + tuple(TFDS_IMAGES)
+SIGNALS = ("mnist1d",)  # 1-D signal datasets (the signal augmentations); every other dataset holds images
 
 
 class DatasetMissingError(RuntimeError):
