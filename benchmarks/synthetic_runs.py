@@ -103,6 +103,10 @@ def _base(method: str, seed: int, correct: np.ndarray, history: list[dict], comp
         "teacher_agreement": None if method == "teacher" else float(np.clip(acc + rng.uniform(0, 0.1), 0, 1)),
         "teacher_test_accuracy": teacher_acc, "student_params": 70000, "history": history, "compute": compute,
         "versions": VERSIONS,
+        "test_kl_teacher_student": None if method == "teacher" else float(rng.uniform(0.1, 1.0)),
+        "teacher_views": None if method == "teacher" else {
+            "samples": 1024, "augmented": True, "mixup": False, "mean_max_prob": 0.95, "mean_entropy": 0.2,
+            "confident_fraction": 0.7},
     }
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import jax
 
-from ev3 import checkpoint, data as data_lib, io, methods, models, paths
+from ev3 import checkpoint, data as data_lib, diagnostics, io, methods, models, paths
 from ev3.config import RunSpec
 from ev3.methods.common import Frozen
 from ev3.train import Counter, FitResult, NonFiniteError, Selection, accuracy, compute_counters, fit, frozen_logits, predict, test_report
@@ -77,23 +77,30 @@ def imported_teacher(method, spec: RunSpec, dataset) -> FitResult:
 
 @dataclass
 class Loaded:
-    """What the runs of one job share, loaded once: the dataset, the method module, the frozen teacher (None for
-    teacher runs) and the teacher's test logits (None for teacher runs)."""
+    """What the runs of one job share, loaded once: the dataset, the method module, the frozen teacher, the
+    teacher's test logits and its confidence on the students' training views (the last three None for teacher
+    runs; ``ev3.diagnostics``)."""
 
     dataset: object
     method: object
     teacher: Frozen | None
     teacher_test_logits: object
+    teacher_views: dict | None = None
 
 
 def load(spec: RunSpec) -> Loaded:
     """The dataset, method and teacher of ``spec`` (the runs of a seed group share them)."""
     dataset = data_lib.load(spec.dataset, spec.data_dir, **spec.split)
     teacher = load_teacher(spec, dataset) if spec.role == "student" else None
-    teacher_test_logits = None
+    teacher_test_logits = teacher_views = None
     if teacher is not None:
-        teacher_test_logits, _ = predict(Counter(), frozen_logits, teacher, dataset.splits["test"][0])
-    return Loaded(dataset, methods.get(spec.method_type), teacher, teacher_test_logits)
+        counter = Counter()
+        teacher_test_logits, _ = predict(counter, frozen_logits, teacher, dataset.splits["test"][0])
+        views = diagnostics.training_views(spec.train, dataset)
+        view_logits, _ = predict(counter, frozen_logits, teacher, views)
+        teacher_views = {"samples": int(views.shape[0]), "augmented": bool(spec.train.get("augment")),
+                         "mixup": bool(spec.train.get("mixup")), **diagnostics.confidence(view_logits)}
+    return Loaded(dataset, methods.get(spec.method_type), teacher, teacher_test_logits, teacher_views)
 
 
 def write_outputs(spec: RunSpec, loaded: Loaded, result: FitResult, out_dir: str, *, log=print) -> dict:
@@ -115,6 +122,7 @@ def write_outputs(spec: RunSpec, loaded: Loaded, result: FitResult, out_dir: str
         "teacher_test_accuracy": results["test_accuracy"]
         if teacher_test_logits is None
         else accuracy(teacher_test_logits, dataset.splits["test"][1]),
+        "teacher_views": loaded.teacher_views,
         "student_params": models.param_count(student.params),
         "history": result.history,
         "compute": result.compute if result.shared is None else {**result.compute, "shared": result.shared},

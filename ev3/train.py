@@ -10,9 +10,10 @@ Conventions
   epoch number), cut into ``N // batch_size`` batches (the remainder is dropped); the gather runs on device
   inside the jitted step. A batch is ``(x, y)``, or ``(x, y, indices)`` (int32 (B,), the examples' rows in
   ``train``) for a method whose unit of work is :class:`IndexedStepWork` (CRD's memory bank). The step key is
-  stream ``step`` folded with the step number. With ``train.augment``
-  (images), the batch is augmented on device in the same step (``ev3.data.augment``, stream ``augment`` of the
-  step key).
+  stream ``step`` folded with the step number. With ``train.augment`` (image or signal transforms) the batch is
+  augmented on device in the same step (``ev3.data.augment``, stream ``augment`` of the step key), then with
+  ``train.mixup`` mixed (stream ``mixup``; ``y`` becomes (B, C) float targets). The method's step gets that
+  view and nothing else, so its teacher sees the very inputs its student trains on (function matching).
 - Steps per call (``train.steps_per_call``, N): the Python loop calls one ahead-of-time compiled step per unit
   when N = 1 (the CPU default: conv training inside ``lax.scan`` is much slower on CPU), or one compiled
   ``lax.scan`` over n ≤ N consecutive steps (the same per-step batch slicing, key folding and augmentation, so
@@ -64,7 +65,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ev3.data.augment import augment_fn
+from ev3 import diagnostics
+from ev3.data.augment import augment_fn, mixup_fn
 from ev3.losses import cross_entropy_per_sample
 from ev3.parallel import data_parallel
 from ev3.rng import seed_key, stream
@@ -336,6 +338,7 @@ class StepWork:
         if per_epoch < 1:
             raise ValueError(f"train/batch_size={batch_size} exceeds the {n} training examples")
         augment, dp, with_indices = augment_fn(spec.train.get("augment")), ctx.dp, self.with_indices
+        mix, classes = mixup_fn(spec.train.get("mixup")), ctx.data.num_classes
         key = seed_key(spec.seed)
         self.train = (x_all, y_all)
 
@@ -349,6 +352,8 @@ class StepWork:
                 x, y = dp.constrain_batch((x, y))
             if augment is not None:  # its own stream: the method's key is the same with or without augmentation
                 x = augment(stream(key, "augment"), x)
+            if mix is not None:  # after augmentation; labels become the mixed one-hot targets (B, C)
+                x, y = mix(stream(key, "mixup"), x, y, classes)
             state, logs = method.step(state, (x, y, idx) if with_indices else (x, y), key)
             if dp:
                 state = dp.constrain_replicated(state)
@@ -482,136 +487,172 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None,
     budget stop (``work.units`` units, or with ``units`` None until the FLOPs budget: it stops before a unit
     that would exceed it, a unit costing about what the last one did), the eval cadence (every
     ``train.eval_every`` steps per member, where a unit is ``work.steps_per_unit`` steps, and after the last
-    unit), selection, history, tracking, checkpoints/resume and the compute counters.
+    unit), selection, history, tracking, checkpoints/resume and the compute counters. Its phases are the
+    methods of :class:`_Loop`: setup (and resume), chunk, evaluate, checkpoint, result.
 
     ``state_dir``: checkpoint there and resume from the newest usable checkpoint found there (see Resume).
     ``devices``: data-parallel over these (default: all local devices; see ``ev3.parallel``)."""
-    t_start = time.perf_counter()
-    key = seed_key(spec.seed)
-    init_key = stream(key, "student_init" if spec.role == "student" else "teacher_init")
-    ctx = RunContext(method, spec, data, teacher, Counter(), data_parallel(spec.train["batch_size"], devices), log)
-    counter, flops = ctx.counter, ctx.flops
-    work = method.work(ctx)
-    spec = ctx.spec  # a FLOPs budget may be resolved to units (StepWork)
-    work.load(method.init(spec, data, teacher, init_key), 0)
-    members = method.population_size(spec)
-    x_val, y_val = ctx.put(data.splits["val"])
-    x_test, y_test = ctx.put(data.splits["test"])
-    eval_every, units, per_unit = spec.train["eval_every"], work.units, work.steps_per_unit
-    budget = flops_budget(spec) if units is None else None
-    tag = f"[{spec.method} seed{spec.seed}]"
-
-    history, tracked, train_s = [], [], 0.0
-    best: Selection | None = None
-    start, store, resumed = 0, None, {}
-    if state_dir is not None:
-        checkpoint_every = spec.train.get("checkpoint_every", eval_every)
-        store = resume_store(spec, teacher, state_dir, log)
-        restored = store.restore(lambda meta: {**work.likes(meta.get("method", {})),
-                                               "best": work.model_like(meta.get("best_model", {}))})
-        if restored is not None:
-            step, trees, resumed = restored
-            trees = ctx.put(trees)
-            start = step // per_unit
-            work.restore({k: v for k, v in trees.items() if k != "best"}, resumed["method"], start)
-            history, tracked = resumed["history"], resumed["tracked"]
-            b = resumed["best"]
-            best = Selection(b["val_accuracy"], b["student_steps"], b["member"], trees["best"])
-            flops.update(resumed["flops"])
-            train_s = resumed["train_s"]
-            t_start -= resumed["wall_s"]  # the wall time before the interruption counts too
-            log(f"{tag} resumed from step {step} ({state_dir})")
-    next_eval = (start * per_unit // eval_every + 1) * eval_every
-    last_checkpoint, done = start * per_unit, start
-    t_loop = time.perf_counter()
-    i = start
-    while units is None or i < units:
-        if budget is None:  # a call ends at the next evaluation (so at every checkpoint) and at the end
-            to_eval = -(-(next_eval - i * per_unit) // per_unit)
-            count = max(1, min(work.units_per_call, units - i, to_eval))
-        else:
-            count = 1
-        trained_before = work.training_flops(i)[2] if budget is not None else None
-        work.advance(i, count)
-        i += count
-        done, steps = i, i * per_unit
-        if budget is None:
-            last = done == units
-        else:
-            trained = work.training_flops(done)[2]
-            if i == 1 and trained > budget:
-                raise ValueError(f"budget/flops: {budget:.3g} is less than one round of {spec.method} ({trained:.3g} FLOPs)")
-            last = trained + (trained - trained_before) > budget
-        if steps >= next_eval or last:
-            train_loss = work.train_loss()  # host sync
-            train_s += time.perf_counter() - t_loop
-            what = work.nonfinite(train_loss)
-            if what is not None:
-                raise NonFiniteError(f"{spec.method}: non-finite {what} at step {steps} (mean loss {train_loss})")
-            state = work.state()
-            model = method.model(state)
-            val_logits, f = predict(counter, method.evaluate, model, x_val)
-            flops["selection"] += f
-            test_logits, _ = predict(counter, method.evaluate, model, x_test)
-            k = None
-            if members:  # the best member now; val only
-                per_member = member_accuracy(val_logits, y_val)
-                k = int(np.argmax(per_member))
-                tracked.append({"student_steps": steps * members, "val_accuracy_per_member": per_member.tolist()})
-                val_logits, test_logits = val_logits[k], test_logits[k]
-            val_acc = accuracy(val_logits, y_val)
-            history.append(
-                {
-                    "student_steps": steps * (members or 1),
-                    "flops": work.training_flops(done)[2] + flops["selection"],
-                    "wall_s": time.perf_counter() - t_start,
-                    "train_loss": train_loss,
-                    "val_accuracy": val_acc,
-                    "test_accuracy": accuracy(test_logits, y_test),
-                }
-            )
-            loss_text = "nan" if train_loss is None else f"{train_loss:.4f}"
-            log(f"{tag} {work.progress(done)} loss {loss_text} val {val_acc:.4f}")
-            if best is None or val_acc > best.val_accuracy:
-                selected = model if k is None else method.select(model, k)
-                best = Selection(val_acc, steps * (members or 1), k, jax.tree.map(jnp.copy, selected))
-            values = method.track(state, data, counter, teacher)
-            if values is not None:
-                tracked.append({"student_steps": steps, **values})
-            while next_eval <= steps:
-                next_eval += eval_every
-            if store is not None and (steps // checkpoint_every > last_checkpoint // checkpoint_every or last):
-                trees, method_meta = work.checkpoint()
-                meta = {
-                    "history": history,
-                    "tracked": tracked,
-                    "best": {"val_accuracy": best.val_accuracy, "student_steps": best.student_steps, "member": best.member},
-                    "best_model": work.model_meta(best.model),
-                    "method": method_meta,
-                    "flops": flops,
-                    "train_s": train_s,
-                    "wall_s": time.perf_counter() - t_start,
-                    **compile_record(counter, resumed),
-                }
-                store.save(steps, {**trees, "best": best.model}, meta)
-                last_checkpoint = steps
-            t_loop = time.perf_counter()
+    loop = _Loop(method, spec, data, teacher, log, state_dir, devices)
+    i = loop.start
+    while loop.units is None or i < loop.units:
+        i, last = loop.chunk(i)
+        if i * loop.per_unit >= loop.next_eval or last:
+            loop.evaluate(i)
+            loop.checkpoint(i, last)
+            loop.t_loop = time.perf_counter()
         if last:
             break
-    if store is not None:
-        store.close()
-        merge_compiles(counter, resumed)
+    return loop.result(i)
 
-    forwards, backwards = method.teacher_passes(spec)
-    flops_student, flops_teacher, _ = work.training_flops(done)
-    compute = compute_counters(
-        counter, student_steps=done * per_unit * (members or 1), teacher_forwards=done * forwards,
-        teacher_backwards=done * backwards, flops_student=flops_student, flops_teacher=flops_teacher,
-        flops_selection=flops["selection"], wall_s=time.perf_counter() - t_start, train_s=train_s,
-    )
-    state = work.state()
-    final = method.model(state) if not members else method.select(method.model(state), best.member)
-    return FitResult(best, final, history, compute, tracked, state)
+
+class _Loop:
+    """The state of one :func:`fit` between its phases: the method's work, the eval cadence, history, tracking,
+    the selection, the resume store and the clocks (``train_s``: time inside training calls)."""
+
+    def __init__(self, method, spec, data, teacher, log, state_dir, devices):
+        self.t_start = time.perf_counter()
+        init_key = stream(seed_key(spec.seed), "student_init" if spec.role == "student" else "teacher_init")
+        self.ctx = ctx = RunContext(method, spec, data, teacher, Counter(), data_parallel(spec.train["batch_size"], devices), log)
+        self.method, self.data, self.teacher, self.log = method, data, teacher, log
+        self.work = work = method.work(ctx)
+        self.spec = spec = ctx.spec  # a FLOPs budget may be resolved to units (StepWork)
+        work.load(method.init(spec, data, teacher, init_key), 0)
+        self.members = method.population_size(spec)
+        self.val, self.test = ctx.put(data.splits["val"]), ctx.put(data.splits["test"])
+        self.eval_every, self.units, self.per_unit = spec.train["eval_every"], work.units, work.steps_per_unit
+        self.budget = flops_budget(spec) if self.units is None else None
+        self.tag = f"[{spec.method} seed{spec.seed}]"
+        self.history, self.tracked, self.train_s = [], [], 0.0
+        self.best: Selection | None = None
+        self.start, self.store, self.resumed = 0, None, {}
+        if state_dir is not None:
+            self._resume(state_dir)
+        self.next_eval = (self.start * self.per_unit // self.eval_every + 1) * self.eval_every
+        self.last_checkpoint = self.start * self.per_unit
+        self.t_loop = time.perf_counter()
+
+    def _resume(self, state_dir: str) -> None:
+        """Open the resume store and continue from its newest usable checkpoint, if any."""
+        spec, work = self.spec, self.work
+        self.checkpoint_every = spec.train.get("checkpoint_every", self.eval_every)
+        self.store = resume_store(spec, self.teacher, state_dir, self.log)
+        restored = self.store.restore(lambda meta: {**work.likes(meta.get("method", {})),
+                                                    "best": work.model_like(meta.get("best_model", {}))})
+        if restored is None:
+            return
+        step, trees, self.resumed = restored
+        trees = self.ctx.put(trees)
+        self.start = step // self.per_unit
+        work.restore({k: v for k, v in trees.items() if k != "best"}, self.resumed["method"], self.start)
+        self.history, self.tracked = self.resumed["history"], self.resumed["tracked"]
+        b = self.resumed["best"]
+        self.best = Selection(b["val_accuracy"], b["student_steps"], b["member"], trees["best"])
+        self.ctx.flops.update(self.resumed["flops"])
+        self.train_s = self.resumed["train_s"]
+        self.t_start -= self.resumed["wall_s"]  # the wall time before the interruption counts too
+        self.log(f"{self.tag} resumed from step {step} ({state_dir})")
+
+    def chunk(self, i: int) -> tuple[int, bool]:
+        """Units ``i`` … in one call, up to the next evaluation (so every checkpoint) and the end (one unit under
+        a FLOPs budget); returns (units done, whether this was the last)."""
+        work = self.work
+        if self.budget is None:
+            to_eval = -(-(self.next_eval - i * self.per_unit) // self.per_unit)
+            count = max(1, min(work.units_per_call, self.units - i, to_eval))
+        else:
+            count = 1
+        trained_before = work.training_flops(i)[2] if self.budget is not None else None
+        work.advance(i, count)
+        i += count
+        if self.budget is None:
+            return i, i == self.units
+        trained = work.training_flops(i)[2]
+        if i == 1 and trained > self.budget:
+            raise ValueError(f"budget/flops: {self.budget:.3g} is less than one round of {self.spec.method} "
+                             f"({trained:.3g} FLOPs)")
+        return i, trained + (trained - trained_before) > self.budget
+
+    def evaluate(self, done: int) -> None:
+        """The evaluation after ``done`` units: NaN guard, val (selection) and test accuracy into the history,
+        the selection, the method's tracking."""
+        work, method, counter, members = self.work, self.method, self.ctx.counter, self.members
+        steps = done * self.per_unit
+        train_loss = work.train_loss()  # host sync
+        self.train_s += time.perf_counter() - self.t_loop
+        what = work.nonfinite(train_loss)
+        if what is not None:
+            raise NonFiniteError(f"{self.spec.method}: non-finite {what} at step {steps} (mean loss {train_loss})")
+        state = work.state()
+        model = method.model(state)
+        (x_val, y_val), (x_test, y_test) = self.val, self.test
+        val_logits, f = predict(counter, method.evaluate, model, x_val)
+        self.ctx.flops["selection"] += f
+        test_logits, _ = predict(counter, method.evaluate, model, x_test)
+        k = None
+        if members:  # the best member now; val only
+            per_member = member_accuracy(val_logits, y_val)
+            k = int(np.argmax(per_member))
+            self.tracked.append({"student_steps": steps * members, "val_accuracy_per_member": per_member.tolist()})
+            val_logits, test_logits = val_logits[k], test_logits[k]
+        val_acc = accuracy(val_logits, y_val)
+        self.history.append({
+            "student_steps": steps * (members or 1),
+            "flops": work.training_flops(done)[2] + self.ctx.flops["selection"],
+            "wall_s": time.perf_counter() - self.t_start,
+            "train_loss": train_loss,
+            "val_accuracy": val_acc,
+            "test_accuracy": accuracy(test_logits, y_test),
+        })
+        loss_text = "nan" if train_loss is None else f"{train_loss:.4f}"
+        self.log(f"{self.tag} {work.progress(done)} loss {loss_text} val {val_acc:.4f}")
+        if self.best is None or val_acc > self.best.val_accuracy:
+            selected = model if k is None else method.select(model, k)
+            self.best = Selection(val_acc, steps * (members or 1), k, jax.tree.map(jnp.copy, selected))
+        values = method.track(state, self.data, counter, self.teacher)
+        if values is not None:
+            self.tracked.append({"student_steps": steps, **values})
+        while self.next_eval <= steps:
+            self.next_eval += self.eval_every
+
+    def checkpoint(self, done: int, last: bool) -> None:
+        """A resume checkpoint after this evaluation when ``train.checkpoint_every`` steps passed, or at the end."""
+        steps = done * self.per_unit
+        if self.store is None or not (steps // self.checkpoint_every > self.last_checkpoint // self.checkpoint_every
+                                      or last):
+            return
+        trees, method_meta = self.work.checkpoint()
+        best = self.best
+        meta = {
+            "history": self.history,
+            "tracked": self.tracked,
+            "best": {"val_accuracy": best.val_accuracy, "student_steps": best.student_steps, "member": best.member},
+            "best_model": self.work.model_meta(best.model),
+            "method": method_meta,
+            "flops": self.ctx.flops,
+            "train_s": self.train_s,
+            "wall_s": time.perf_counter() - self.t_start,
+            **compile_record(self.ctx.counter, self.resumed),
+        }
+        self.store.save(steps, {**trees, "best": best.model}, meta)
+        self.last_checkpoint = steps
+
+    def result(self, done: int) -> FitResult:
+        """The :class:`FitResult` after ``done`` units (closes the resume store)."""
+        counter, method, spec, work = self.ctx.counter, self.method, self.spec, self.work
+        if self.store is not None:
+            self.store.close()
+            merge_compiles(counter, self.resumed)
+        forwards, backwards = method.teacher_passes(spec)
+        flops_student, flops_teacher, _ = work.training_flops(done)
+        compute = compute_counters(
+            counter, student_steps=done * self.per_unit * (self.members or 1), teacher_forwards=done * forwards,
+            teacher_backwards=done * backwards, flops_student=flops_student, flops_teacher=flops_teacher,
+            flops_selection=self.ctx.flops["selection"], wall_s=time.perf_counter() - self.t_start,
+            train_s=self.train_s,
+        )
+        state = work.state()
+        final = method.model(state) if not self.members else method.select(method.model(state), self.best.member)
+        return FitResult(self.best, final, self.history, compute, self.tracked, state)
 
 
 def flops_budget(spec) -> float | None:
@@ -627,6 +668,8 @@ def apply_flops_budget(method, spec, data, teacher, *, with_indices: bool = Fals
     state = method.init(spec, data, teacher, jax.random.key(0))
     x, y = data.splits["train"]
     batch = (x[: spec.train["batch_size"]], y[: spec.train["batch_size"]])
+    if spec.train.get("mixup"):  # the step sees mixed one-hot targets (B, C)
+        batch = (batch[0], jax.nn.one_hot(batch[1], data.num_classes, dtype=jnp.float32))
     if with_indices:
         batch = (*batch, jnp.arange(spec.train["batch_size"], dtype=jnp.int32))
     per_step = flops_of(jax.jit(method.step).lower(state, batch, jax.random.key(0)).compile())
@@ -645,14 +688,14 @@ def test_report(method, result: FitResult, data, teacher_test_logits) -> tuple[d
     if logits.ndim == 3:  # a population of one (the selected member)
         logits, final_logits = logits[0], final_logits[0]
     pred = jnp.argmax(logits, -1)
+    fidelity = None if teacher_test_logits is None else diagnostics.fidelity(logits, teacher_test_logits)
     metrics = {
         "test_accuracy": accuracy(logits, y_test),
         "final_test_accuracy": accuracy(final_logits, y_test),
         "val_accuracy": result.val_accuracy,
         "test_nll": float(jnp.mean(cross_entropy_per_sample(logits, y_test))),
-        "teacher_agreement": None
-        if teacher_test_logits is None
-        else float(jnp.mean(pred == jnp.argmax(teacher_test_logits, -1))),
+        "teacher_agreement": None if fidelity is None else fidelity["agreement"],
+        "test_kl_teacher_student": None if fidelity is None else fidelity["kl_teacher_student"],
     }
     predictions = {
         "pred": np.asarray(pred, np.int64),

@@ -58,6 +58,7 @@ def _config(smoke_config, data, model, method, steps_per_call, **train):
     config["students"] = ["student"]
     config["teacher"]["model"] = "student"
     config["methods"] = {method: METHODS[method]}
+    config["datasets"] = [data.name]
     n = data.splits["train"][0].shape[0]
     config["train"].update({"steps": STEPS, "eval_every": EVERY, "batch_size": n // 11 + 1,
                             "steps_per_call": steps_per_call, **train})
@@ -129,6 +130,15 @@ def test_steps_per_call_equals_one_step_per_call_with_augmentation(smoke_config,
     model = smoke_config["models"]["mlp64"]
     method, (one, many) = _pair(smoke_config, cifar, "cifar10", model, name, augment={"crop_padding": 4, "flip": True})
     assert_equivalent(one, many, method, cifar.splits["test"][0])
+
+
+@pytest.mark.parametrize("name", ["scratch", "kd"])
+def test_steps_per_call_equals_one_step_per_call_with_signal_augmentation_and_mixup(smoke_config, mnist1d, name):
+    model = smoke_config["models"]["mlp64"]
+    method, (one, many) = _pair(smoke_config, mnist1d, "mnist1d", model, name,
+                                augment={"scale": 0.4, "translate": 4, "corr_noise": 0.25, "iid_noise": 0.05,
+                                         "shear": 0.75}, mixup={"alpha": 1.0, "per": "sample"})
+    assert_equivalent(one, many, method, mnist1d.splits["test"][0])
 
 
 def test_a_remainder_chunk_compiles_once_and_equals_single_steps(smoke_config, mnist1d):

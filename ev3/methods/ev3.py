@@ -51,6 +51,11 @@ next one would exceed it); every candidate step counts as a student step (K·L p
 ``val``/``test`` follow ``train.eval_every`` student steps and measure the **current** model θ
 (``model(state)``), so the reported model is the evaluated θ with the best ``val`` accuracy, as for every method; ``summary`` adds the final θ's
 test accuracy (what the reference reports) and the val-selected θ_s's.
+Function matching: a round's K·L training batches are drawn, augmented (``train.augment``) and mixed
+(``train.mixup``) in one call (:func:`draw_batches`), and the teacher's logits are those of exactly these views.
+Diagnostics: every decided round records ``confidently_wrong``, the fraction of a fixed sample of
+:data:`PROBE_SAMPLES` clean training inputs on which θ puts more than 0.99 on a class other than the teacher's
+argmax (:class:`WrongProbe`; reporting only, no FLOPs counted).
 FLOPs: explore = XLA cost of the vmapped step × L (a scan's cost analysis counts its body once); teacher
 forwards on the K·L train batches are teacher FLOPs; assess and decide forwards are selection FLOPs.
 """
@@ -69,8 +74,9 @@ import numpy as np
 from flax import struct
 
 from ev3 import models
+from ev3.diagnostics import confidently_wrong
 from ev3.methods.common import Student, select  # noqa: F401  (select: the method contract's default)
-from ev3.data.augment import augment_fn, crop_flip
+from ev3.data.augment import augment_fn, crop_flip, mixup_fn
 from ev3.models.growth import GROWTH_OPERATORS
 from ev3.models.mlp import hidden_widths
 from ev3.models.resnet import stage_blocks
@@ -292,6 +298,81 @@ def track(state: EV3Run, data, counter, teacher) -> dict:
     return out
 
 
+def draw_batches(train, augment, mix, num_classes: int, L: int, B: int, teacher, order_key, it, *, k: int,
+                 base=None):
+    """Round ``it``'s L train batches of each of ``k`` candidates, ``(k, L, B, ...)``, drawn i.i.d. with
+    replacement, augmented (``train.augment``) and mixed per batch (``train.mixup``; labels become (k, L, B, C)
+    targets), with the teacher's logits on exactly those views (function matching): ``(k, L, B, C)``, or with
+    ``base`` (static indices) on those candidates' batches only, ``(len(base), L, B, C)`` (a multi-pass round,
+    whose other candidates match archived students). Keys are arguments: other seeds reuse the executable."""
+    x_train, y_train = train
+    round_key = jax.random.fold_in(order_key, it)
+    idx = jax.random.randint(round_key, (k * L * B,), 0, x_train.shape[0])
+    xb, yb = x_train[idx], y_train[idx]
+    if augment is not None:
+        xb = augment(stream(round_key, "augment"), xb)
+    if mix is not None:
+        keys = jax.random.split(stream(round_key, "mixup"), k * L)
+        xb, yb = jax.vmap(lambda key, x, y: mix(key, x, y, num_classes))(
+            keys, xb.reshape(k * L, B, *xb.shape[1:]), yb.reshape(k * L, B))
+        xb, yb = xb.reshape(k * L * B, *xb.shape[2:]), yb.reshape(k * L * B, num_classes)
+    if base is None:
+        return xb.reshape(k, L, B, *xb.shape[1:]), yb.reshape(k, L, B, *yb.shape[1:]), teacher(xb).reshape(k, L, B, -1)
+    xb, yb = xb.reshape(k, L, B, *xb.shape[1:]), yb.reshape(k, L, B, *yb.shape[1:])
+    return xb, yb, teacher(xb[base].reshape(-1, *xb.shape[3:])).reshape(len(base), L, B, -1)
+
+
+def draw_sample(teacher, key, it, *, pool, n: int, aug, needs_teacher: bool, num_classes: int):
+    """``n`` fresh samples of ``pool`` for round ``it``, i.i.d. with replacement, augmented by ``aug``, with the
+    teacher's logits where a metric reads them (zeros otherwise)."""
+    k = jax.random.fold_in(key, it)
+    idx = jax.random.randint(k, (n,), 0, pool[0].shape[0])
+    x = pool[0][idx] if aug is None else aug(stream(k, "augment"), pool[0][idx])
+    t = teacher(x) if needs_teacher else jnp.zeros((n, num_classes), jnp.float32)
+    return x, pool[1][idx], t
+
+
+def stage_pools(data, source: str) -> dict:
+    """``{"assess": (pool, aug), "decide": (pool, aug)}``: ``source`` train (the reference: both stages draw from
+    the training split; images assessed with a reflect-pad-1 crop + flip, decided with a flip) or meta (the
+    first half of the stratified, per-class shuffled ``meta`` split assesses, the rest decides; no views)."""
+    if source == "train":
+        x, y = data.splits["train"]
+        image = x.ndim == 4
+        return {"assess": ((x, y), partial(crop_flip, padding=1, flip=True, mode="reflect") if image else None),
+                "decide": ((x, y), partial(crop_flip, padding=0, flip=True) if image else None)}
+    x, y = data.splits["meta"]
+    half = x.shape[0] // 2
+    return {"assess": ((x[:half], y[:half]), None), "decide": ((x[half:], y[half:]), None)}
+
+
+PROBE_SAMPLES = 2048
+
+
+@dataclass
+class WrongProbe:
+    """A fixed sample of (clean) training inputs ``x`` (at most :data:`PROBE_SAMPLES`, the first of a fixed
+    permutation, the same for every run) and the teacher's argmax on them, ``teacher_class`` (N,)."""
+
+    x: jax.Array
+    teacher_class: np.ndarray
+
+    def fraction(self, counter, apply, params) -> float:
+        """The fraction of the sample on which ``apply(params, ·)`` is confidently wrong: its top softmax
+        probability > 0.99 on a class other than the teacher's argmax (reporting only: no FLOPs counted)."""
+        logits, _ = predict(counter, apply, params, self.x)
+        return confidently_wrong(logits, self.teacher_class)
+
+
+def wrong_probe(data, teacher, counter) -> WrongProbe:
+    """The run's :class:`WrongProbe` (one teacher forward on it)."""
+    x = data.splits["train"][0]
+    rows = np.random.default_rng(0).permutation(x.shape[0])[:PROBE_SAMPLES]
+    x = x[np.sort(rows)]
+    logits, _ = predict(counter, frozen_logits, teacher, x)
+    return WrongProbe(x, np.asarray(jnp.argmax(logits, -1)))
+
+
 def work(ctx) -> "Round":
     return Round(ctx)
 
@@ -307,31 +388,19 @@ class Round:
     def __init__(self, ctx):
         ctx.dp = None
         self.ctx = ctx
-        spec, data, teacher, counter = ctx.spec, ctx.data, ctx.teacher, ctx.counter
+        spec, data = ctx.spec, ctx.data
         self.o = o = spec.options
         self.families = _family_batches(_candidates(o))
         self.growth_key = stream(seed_key(spec.seed), "growth")
         self.metric_names = sorted({name for name, _, _ in _objectives(o)} | {"accuracy"})
-        self.L, B = L, B = o["steps_per_candidate"], spec.train["batch_size"]
+        self.L, B = o["steps_per_candidate"], spec.train["batch_size"]
         self.K = len(_candidates(o))
         self.units = o["iterations"] if flops_budget(spec) is None else None
-        self.steps_per_unit = self.K * L
+        self.steps_per_unit = self.K * self.L
         self.units_per_call = 1  # a round is not a step: train.steps_per_call does not apply
-        x_train, y_train = data.splits["train"]
         self.stages = stages = {**STAGES, **o.get("stages", {})}
-        if stages["source"] == "train":  # the reference: every stage draws from the training split
-            assess_pool = decide_pool = (x_train, y_train)
-        else:  # meta is stratified and shuffled per class: the first half assesses, the rest decides
-            x_meta, y_meta = data.splits["meta"]
-            half = x_meta.shape[0] // 2
-            assess_pool, decide_pool = (x_meta[:half], y_meta[:half]), (x_meta[half:], y_meta[half:])
-        image = x_train.ndim == 4 and stages["source"] == "train"
-        assess_aug = partial(crop_flip, padding=1, flip=True, mode="reflect") if image else None
-        decide_aug = partial(crop_flip, padding=0, flip=True) if image else None
-        needs_teacher = "teacher_agreement" in self.metric_names
         key = seed_key(spec.seed)
         self.order_key, self.assess_key, self.decide_key = (stream(key, s) for s in ("batch_order", "assess", "decide"))
-        augment = augment_fn(spec.train.get("augment"))
         self.built: dict = {}
         self.archs: dict = {}
         self.passes = o.get("passes", 1)
@@ -340,46 +409,20 @@ class Round:
                              "not budget.flops")
         self.families_by_teachers = {0: self.families}
         self.draws: dict = {}
-
-        K = self.K
-
-        def draw_pass(teacher, order_key, it, *, k, base):
-            """A pass with archived students: ``k`` candidates' batches ``(k, L, B, ...)`` and the teacher's
-            logits on the base candidates' (``base``, static) only, ``(len(base), L, B, C)``."""
-            idx = jax.random.randint(jax.random.fold_in(order_key, it), (k * L * B,), 0, x_train.shape[0])
-            xb, yb = x_train[idx], y_train[idx]
-            if augment is not None:
-                xb = augment(stream(jax.random.fold_in(order_key, it), "augment"), xb)
-            xb, yb = xb.reshape(k, L, B, *xb.shape[1:]), yb.reshape(k, L, B)
-            return xb, yb, teacher(xb[base].reshape(-1, *xb.shape[3:])).reshape(len(base), L, B, -1)
-
-        self.draw_pass = draw_pass
-
-        def draw(teacher, order_key, it):  # keys are arguments: other seeds reuse the compiled kernel
-            """This round's L train batches of each of the K candidates (augmented with ``train.augment``) with
-            their teacher logits, ``(K, L, B, ...)``."""
-            idx = jax.random.randint(jax.random.fold_in(order_key, it), (K * L * B,), 0, x_train.shape[0])
-            xb, yb = x_train[idx], y_train[idx]
-            if augment is not None:
-                xb = augment(stream(jax.random.fold_in(order_key, it), "augment"), xb)
-            return xb.reshape(K, L, B, *xb.shape[1:]), yb.reshape(K, L, B), teacher(xb).reshape(K, L, B, -1)
-
-        def sample(teacher, key, it, pool, n, aug):
-            """``n`` fresh samples of ``pool``, i.i.d. with replacement, augmented by ``aug``, with the teacher's
-            logits where a metric reads them (zeros otherwise)."""
-            k = jax.random.fold_in(key, it)
-            idx = jax.random.randint(k, (n,), 0, pool[0].shape[0])
-            x = pool[0][idx] if aug is None else aug(stream(k, "augment"), pool[0][idx])
-            t = teacher(x) if needs_teacher else jnp.zeros((n, data.num_classes), jnp.float32)
-            return x, pool[1][idx], t
-
-        self.draw_assess = partial(sample, pool=assess_pool, n=stages["assess_samples"], aug=assess_aug)
-        self.draw_decide = partial(sample, pool=decide_pool, n=stages["decide_samples"], aug=decide_aug)
-        self.draw = draw
+        train = data.splits["train"]
+        self.draw = partial(draw_batches, train, augment_fn(spec.train.get("augment")),
+                            mixup_fn(spec.train.get("mixup")), data.num_classes, self.L, B)
+        needs_teacher = "teacher_agreement" in self.metric_names
+        for stage, (pool, aug) in stage_pools(data, stages["source"]).items():
+            setattr(self, f"draw_{stage}", partial(draw_sample, pool=pool, n=stages[f"{stage}_samples"], aug=aug,
+                                                   needs_teacher=needs_teacher, num_classes=data.num_classes))
+        self.probe = None  # the confidently-wrong probe (training samples, teacher argmax), built at load
 
     def load(self, state: EV3Run, units_done: int) -> None:
         self.archs.setdefault(json.dumps(state.arch.config, sort_keys=True), state.arch)
         self.run = state
+        if self.probe is None:
+            self.probe = wrong_probe(self.ctx.data, self.ctx.teacher, self.ctx.counter)
 
     def _canonical(self, config: dict, graphdef) -> _Arch:
         """The run's one :class:`_Arch` of ``config`` (so a pass that reaches an architecture again reuses its
@@ -444,31 +487,57 @@ class Round:
         return compiled(*args)
 
     def advance(self, it: int, count: int = 1) -> None:
-        ctx, o, flops, L, counter = self.ctx, self.o, self.ctx.flops, self.L, self.ctx.counter
-        growth, mp = o["growth"], self.run.multipass
+        """Round ``it``: explore, then grow (when stalled) or assess → decide, as the module docstring says."""
+        grows = self._begin(it)
+        run = self.run
+        xb, yb, teacher_logits = self._batches(it)
+        batched, losses, diverged = self._explore(it, xb, yb, teacher_logits)
+        student_steps = (it + 1) * len(run.candidates) * self.L
+        if run.multipass is not None:  # a pass with archived students runs more candidates than the unit's K₁
+            mp = run.multipass
+            mp = dataclasses.replace(mp, student_steps=mp.student_steps + len(run.candidates) * self.L)
+            student_steps = mp.student_steps
+            self.run = dataclasses.replace(self.run, multipass=mp)
+        if grows:  # this round's proposal is discarded (its steps count): θ and θ_s grow instead
+            self.run = self._grow(it, self.run.protocol, run.arch, losses, student_steps)
+            return
+        picked, assess_scores = self._assess(it, batched, diverged)
+        state, decision, decide_draw = self._decide(it, batched, picked, assess_scores, ~diverged)
+        self._record(it, state, decision, decide_draw, picked, losses, diverged, student_steps)
+
+    def _begin(self, it: int) -> bool:
+        """Round ``it``'s start: a new pass when the current one is over (multi-pass); whether the round grows."""
+        growth, mp = self.o["growth"], self.run.multipass
         stalled = bool(growth) and _stalled(self.run.significant, growth["patience"])
         if mp is not None and mp.index < self.passes - 1 and (
                 it >= mp.end or (stalled and _level(self.run) >= growth["max_size"])):
             self.run = self._new_pass(it)  # budget spent, or growth would exceed max_size: the next pass
-            stalled, mp = False, self.run.multipass
-        run = self.run
-        state, arch, K = run.protocol, run.arch, len(run.candidates)
-        grows = stalled and _level(run) < growth["max_size"]
-        if mp is None or not mp.teachers:
-            draw_args = (ctx.teacher, self.order_key, np.int32(it))
-            draw_c, f_t = counter.compile("draw", self.draw, *draw_args)
-            xb, yb, teacher_logits = draw_c(*draw_args)
-        else:
-            n_losses = len(o["losses"]) + len(mp.teachers)
-            if K not in self.draws:
-                base = np.array([c for c in range(K) if c % n_losses < len(o["losses"])])
-                self.draws[K] = partial(self.draw_pass, k=K, base=base)
-            draw_args = (ctx.teacher, self.order_key, np.int32(it))
-            draw_c, f_t = counter.compile(f"draw_pass{K}", self.draws[K], *draw_args)
-            xb, yb, teacher_logits = draw_c(*draw_args)
-            teacher_logits = self._targets(xb, teacher_logits, K)
-        flops["teacher"] += f_t
+            stalled = False
+        return stalled and _level(self.run) < growth["max_size"]
 
+    def _batches(self, it: int):
+        """The K candidates' L batches of round ``it`` with their targets' logits: the teacher's on the very
+        views the candidate trains on, and in a multi-pass round each archived student's (teacher FLOPs)."""
+        ctx, mp, K = self.ctx, self.run.multipass, len(self.run.candidates)
+        args = (ctx.teacher, self.order_key, np.int32(it))
+        archived = mp is not None and bool(mp.teachers)
+        if (K, archived) not in self.draws:  # one function per shape, so each compiles once
+            n_losses = len(self.o["losses"]) + (len(mp.teachers) if archived else 0)
+            base = np.array([c for c in range(K) if c % n_losses < len(self.o["losses"])]) if archived else None
+            self.draws[K, archived] = partial(self.draw, k=K, base=base)
+        compiled, f = ctx.counter.compile(f"draw_pass{K}" if archived else "draw", self.draws[K, archived], *args)
+        xb, yb, teacher_logits = compiled(*args)
+        if archived:
+            teacher_logits = self._targets(xb, teacher_logits, K)
+        ctx.flops["teacher"] += f
+        return xb, yb, teacher_logits
+
+    def _explore(self, it: int, xb, yb, teacher_logits):
+        """Every candidate's L steps from θ, one vmapped call per optimizer family; the families' optimizer
+        states are kept (a diverged candidate's re-initialised). Returns the candidates' parameters (K, ...),
+        their mean training losses (K,) and which diverged (K,) bool."""
+        run, o, L, counter = self.run, self.o, self.L, self.ctx.counter
+        state, arch, K, mp = run.protocol, run.arch, len(run.candidates), run.multipass
         family_params, new_opt_states, losses = [], {}, np.zeros(K)
         origin = run.growth_events[-1]["iteration"] + 1 if run.growth_events else 0  # the states' first round
         total = o["iterations"] * L
@@ -482,7 +551,7 @@ class Round:
             sl = slice(ids[0], ids[-1] + 1)
             args = (state.params, state.opt_states[fam], lhp, ohp, (xb[sl], yb[sl]), teacher_logits[sl], scale)
             compiled, f = counter.compile(f"explore_{fam}", fn, *args)
-            flops["student"] += f * L
+            self.ctx.flops["student"] += f * L
             params_f, opt_f, loss_f = compiled(*args)
             new_opt_states[fam] = opt_f
             losses[ids] = np.asarray(loss_f)
@@ -491,66 +560,70 @@ class Round:
         diverged = ~(np.isfinite(losses) & _finite_members(batched, K))
         if diverged.any():  # NaN moments would keep a candidate diverged for good (and cannot be checkpointed)
             new_opt_states = {fam: _reset_members(new_opt_states[fam], diverged[ids], FAMILIES[fam], state.params, ohp)
-                              for fam, (ids, _, ohp, _) in self.families.items()}
-        state = state._replace(opt_states=new_opt_states)
+                              for fam, (ids, _, ohp, _) in families.items()}
+        self.run = dataclasses.replace(run, protocol=state._replace(opt_states=new_opt_states))
+        return batched, losses, diverged
 
-        student_steps = (it + 1) * K * L
-        if mp is not None:  # a pass with archived students runs more candidates than the unit's nominal K₁
-            mp = dataclasses.replace(mp, student_steps=mp.student_steps + K * L)
-            student_steps = mp.student_steps
-            self.run = run = dataclasses.replace(run, multipass=mp)
-        if grows:  # this round's proposal is discarded (its steps count): θ and θ_s grow instead
-            self.run = self._grow(it, state, arch, losses, student_steps)
-            return
+    def _assess(self, it: int, batched, diverged):
+        """The pick: the best ``mean − assess_alpha·stderr`` on the first objective over a fresh assess draw (a
+        diverged candidate never); returns (its index, the per-sample assess scores)."""
+        arch, (name, higher, _) = self.run.arch, self.run.objectives[0]
         xa, ya, ta = self._sample("assess", it)
-        assess_scores = self._score(arch, batched, xa, ya, ta, True)
-        name, higher, _ = run.objectives[0]
-        finite = ~diverged
-        lcb = assess.lower_confidence_bound(assess_scores[name], self.stages["assess_alpha"], higher)
-        picked = int(np.argmax(np.where(finite & np.isfinite(lcb), lcb, -np.inf)))  # a diverged candidate loses
-        rule = o["decide"]["rule"]
-        if rule != "always":  # one fresh draw, on which the pick, θ and θ_s are all scored
-            x_decide, y_decide, t_decide = self._sample("decide", it)
+        scores = self._score(arch, batched, xa, ya, ta, True)
+        lcb = assess.lower_confidence_bound(scores[name], self.stages["assess_alpha"], higher)
+        return int(np.argmax(np.where(~diverged & np.isfinite(lcb), lcb, -np.inf))), scores
+
+    def _decide(self, it: int, batched, picked: int, assess_scores, finite):
+        """θ and θ_s after ``decide.rule`` on one fresh decide draw for the pick, θ and θ_s (no draw under
+        ``always``); returns (protocol state, decision record, the decide draw or None)."""
+        run, o, arch = self.run, self.o, self.run.arch
+        state, rule, (name, higher, _) = run.protocol, o["decide"]["rule"], run.objectives[0]
+        draw = None if rule == "always" else self._sample("decide", it)
         if rule == "paired":
-            decide_scores = self._score(arch, batched, x_decide, y_decide, t_decide, True)
-            current_scores = self._score(arch, state.params, x_decide, y_decide, t_decide, False)
-            stable_scores = self._score(arch, state.stable_params, x_decide, y_decide, t_decide, False)
+            decide_scores = self._score(arch, batched, *draw, True)
+            current_scores = self._score(arch, state.params, *draw, False)
+            stable_scores = self._score(arch, state.stable_params, *draw, False)
             state, decision = adapt(
                 state, batched, decide_scores, current_scores, stable_scores,
                 objectives=run.objectives, confidence=o["confidence"], alpha=self.stages["assess_alpha"],
                 assess_scores=assess_scores, candidate=picked,
             )
             decision.update(rule=rule, winner="candidate" if decision["accepted"] else "current")
+            return state, decision, draw
+        chosen = take(batched, picked)
+        decision = {"iteration": state.iteration, "rule": rule, "candidate": picked}
+        if rule == "always":  # θ ← the candidate, θ_s = θ: no decide stage (unless every candidate diverged)
+            winner, stable_moved = ("candidate" if finite.any() else "current"), True
         else:
-            chosen = take(batched, picked)
-            decision = {"iteration": state.iteration, "rule": rule, "candidate": picked}
-            if rule == "always":  # θ ← the candidate, θ_s = θ: no decide stage (unless every candidate diverged)
-                winner = "candidate" if finite.any() else "current"
-                stable_moved = True
-            else:
-                scores = [self._score(arch, p, x_decide, y_decide, t_decide, False)[name]
-                          for p in (chosen, state.params, state.stable_params)]
-                oriented = [s if higher else -s for s in scores]
-                winner, stable_moved = reference_decision(*oriented, alpha=o["decide"].get("alpha", ALPHA))
-                decision["objectives"] = {name: {f"{who}_mean": float(np.mean(np.asarray(s, np.float64)))
-                                                 for who, s in zip(REFERENCE_ORDER, scores)}}
-            params = {"candidate": chosen, "current": state.params, "stable": state.stable_params}[winner]
-            state = state._replace(params=params, stable_params=params if stable_moved else state.stable_params,
-                                   iteration=state.iteration + 1)
-            decision.update(winner=winner, accepted=winner == "candidate", stable_moved=stable_moved)
-        decision.update(rolled_back=decision["winner"] == "stable", grew=False)
+            scores = [self._score(arch, p, *draw, False)[name] for p in (chosen, state.params, state.stable_params)]
+            oriented = [s if higher else -s for s in scores]
+            winner, stable_moved = reference_decision(*oriented, alpha=o["decide"].get("alpha", ALPHA))
+            decision["objectives"] = {name: {f"{who}_mean": float(np.mean(np.asarray(s, np.float64)))
+                                             for who, s in zip(REFERENCE_ORDER, scores)}}
+        params = {"candidate": chosen, "current": state.params, "stable": state.stable_params}[winner]
+        state = state._replace(params=params, stable_params=params if stable_moved else state.stable_params,
+                               iteration=state.iteration + 1)
+        decision.update(winner=winner, accepted=winner == "candidate", stable_moved=stable_moved)
+        return state, decision, draw
+
+    def _record(self, it: int, state: EV3State, decision: dict, decide_draw, picked: int, losses, diverged,
+                student_steps: int) -> None:
+        """The decided round into the run: its decision record (candidate, loss, optimizer, θ's confidently-wrong
+        fraction), the growth trigger's history and, with several passes, the archive offered θ."""
+        run, rule, mp = self.run, self.o["decide"]["rule"], self.run.multipass
         fam, loss_hp, opt_hp, schedule = run.candidates[picked]
-        decision["nonfinite_candidates"] = [int(i) for i in np.flatnonzero(~finite)]  # never picked
+        decision.update(rolled_back=decision["winner"] == "stable", grew=False)
+        decision["nonfinite_candidates"] = [int(i) for i in np.flatnonzero(diverged)]  # never picked
         decision.update(family=fam, loss=loss_hp, optimizer={**opt_hp, "schedule": schedule},
                         student_steps=student_steps, train_loss=float(losses[picked]))
+        decision["confidently_wrong"] = self.probe.fraction(self.ctx.counter, run.arch.apply, state.params)
         significant = decision["stable_moved"] and rule != "always"  # under always θ_s = θ moves trivially
         if mp is not None:  # the archive is offered θ, scored on this round's decide draw
-            if rule == "always":
-                x_decide, y_decide, t_decide = self._sample("decide", it)
-            acc = float(np.mean(self._score(arch, state.params, x_decide, y_decide, t_decide, False)["accuracy"]))
+            draw = decide_draw if decide_draw is not None else self._sample("decide", it)
+            acc = float(np.mean(self._score(run.arch, state.params, *draw, False)["accuracy"]))
             level = _level(run)
             decision.update({"pass": mp.index, "current_decide_accuracy": acc})
-            entry = {"arch": arch, "params": state.params, "accuracy": acc, "pass": mp.index, "iteration": it}
+            entry = {"arch": run.arch, "params": state.params, "accuracy": acc, "pass": mp.index, "iteration": it}
             archive = offer(mp.archive, level, entry)
             if archive is not mp.archive:
                 mp = dataclasses.replace(mp, archive=archive)

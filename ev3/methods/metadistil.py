@@ -6,7 +6,8 @@ One round per training batch ``(x, y)``:
    ``pilot_lr`` on the KD loss ``α·T²·KL(p_teacher^T ‖ p_student^T) + (1−α)·CE``, keeping its dependence on
    the teacher parameters.
 2. **Teacher meta-step**: the piloted student's cross-entropy on a quiz batch (sampled from the ``meta``
-   split with its own RNG stream ``quiz``; never test) is differentiated w.r.t. the teacher through the pilot
+   split with its own RNG stream ``quiz``, augmented with ``train.augment`` as the training batch is — the
+   official code's held-out loader uses the training transform — but never mixed; never test) is differentiated w.r.t. the teacher through the pilot
    step (second order, :func:`meta_gradient`); the teacher takes a step of its own optax optimizer (SGD with
    momentum; learning rate 0 for the first ``teacher_frozen_fraction`` of training).
 3. **Real student step** on the same batch with the *updated* teacher, with the student's optimizer
@@ -28,6 +29,7 @@ import optax
 from flax import struct
 
 from ev3 import models
+from ev3.data.augment import augment_fn
 from ev3.losses import hinton_loss
 from ev3.methods.common import (  # noqa: F401  (work and the default hooks: the method contract)
     Frozen, StepWork as work, Student, SupervisedState, budget_share, init_student, loss_step, model,
@@ -51,6 +53,7 @@ class MetaDistilState:
     hparams: dict  # temperature, alpha, pilot_lr (scalar arrays)
     pilot: bool = struct.field(pytree_node=False, default=True)
     quiz_batch_size: int = struct.field(pytree_node=False, default=128)
+    quiz_augment: tuple = struct.field(pytree_node=False, default=())  # train.augment as sorted (key, value) pairs
 
 
 def teacher_optimizer(options: dict, total_steps: int) -> optax.GradientTransformation:
@@ -74,6 +77,7 @@ def init(spec, data, teacher: Frozen, key) -> MetaDistilState:
         hparams=hparams,
         pilot=o["pilot"],
         quiz_batch_size=min(o["quiz_batch_size"], data.splits["meta"][0].shape[0]),
+        quiz_augment=tuple(sorted((spec.train.get("augment") or {}).items())),
     )
 
 
@@ -110,6 +114,9 @@ def step(state: MetaDistilState, batch, key):
     x_meta, y_meta = state.quiz
     idx = jax.random.randint(stream(key, "quiz"), (state.quiz_batch_size,), 0, x_meta.shape[0])
     quiz_batch = (x_meta[idx], y_meta[idx])
+    augment = augment_fn(dict(state.quiz_augment))
+    if augment is not None:
+        quiz_batch = (augment(stream(key, "quiz_augment"), quiz_batch[0]), quiz_batch[1])
     if state.pilot:
         teacher, meta_norm = _teacher_step(state, state.student, batch, quiz_batch)
         state = state.replace(teacher=teacher)
