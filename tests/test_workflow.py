@@ -103,8 +103,8 @@ def report_outputs(config: dict) -> list[str]:
 
     types = {m["type"] for m in config["methods"].values()}
     return (
-        [f"tables/{t}.csv" for t in ("summary", "significance", "compute", "matched_compute", "runs")]
-        + [f"tables/{t}.md" for t in ("summary", "significance", "compute", "matched_compute")]
+        [f"tables/{t}.csv" for t in ("summary", "significance", "compute", "matched_compute", "fidelity", "ev3", "runs")]
+        + [f"tables/{t}.md" for t in ("summary", "significance", "compute", "matched_compute", "fidelity", "ev3")]
         + [f"figures/{f}.png" for f in ("accuracy", "curves", "accuracy_vs_flops", "agreement")]
         + [f"figures/{f}.png" for f, t in OPTIONAL_FIGURES.items() if t in types]
     )

@@ -20,7 +20,7 @@ import yaml
 
 from ev3 import io
 from ev3 import paths as run_paths
-from ev3.report import compute, figures, fmt, significance
+from ev3.report import compute, fidelity, figures, fmt, significance
 from ev3.stats import mean_ci
 
 METRICS_SCHEMA = os.path.join(
@@ -65,6 +65,7 @@ def _flat(metrics: dict, run_dir: str) -> dict:
     row = {"run_dir": run_dir, **{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}}
     row.update({f"compute_{k}": v for k, v in metrics["compute"].items()})
     row.update({f"versions_{k}": v for k, v in metrics["versions"].items()})
+    row.update({f"teacher_views_{k}": v for k, v in (metrics.get("teacher_views") or {}).items()})
     return row
 
 
@@ -188,6 +189,8 @@ DISPLAYED = [
     ("significance", "Paired differences to kd and scratch (Δ = method − baseline)"),
     ("compute", "Compute per run (mean over seeds)"),
     ("matched_compute", "Test accuracy at matched budgets (% (95 % CI) [seeds reaching the budget])"),
+    ("fidelity", "Teacher confidence on the training views and student fidelity on test (means over seeds)"),
+    ("ev3", "EV3: val-selected θ, final θ (the reference's report) and θ_s, test accuracy % (95 % CI)"),
 ]
 
 
@@ -219,8 +222,13 @@ def aggregate(root: str, sample_runs: int = figures.SAMPLE_RUNS) -> pd.DataFrame
     tests = significance.significance(runs, load_correctness(root, runs), order)
     costs = compute.compute_table(runs, order)
     matched = compute.matched_compute(metrics, order)
-    raw = {"summary": summary, "significance": tests, "compute": costs, "matched_compute": matched, "runs": runs}
+    fidelity_ = fidelity.fidelity_table(runs, metrics, order)
+    ev3_ = fidelity.ev3_table(runs, metrics, order)
+    raw = {"summary": summary, "significance": tests, "compute": costs, "matched_compute": matched,
+           "fidelity": fidelity_, "ev3": ev3_, "runs": runs}
     display = {
+        "fidelity": fidelity.fidelity_display(fidelity_),
+        "ev3": fidelity.ev3_display(ev3_),
         "summary": summary_display(summary),
         "significance": significance.significance_display(tests),
         "compute": compute.compute_display(costs),

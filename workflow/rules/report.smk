@@ -10,9 +10,10 @@ N_RUNS = len(student_metrics())
 LOCAL_MAX_RUNS = REPORT.get("local_max_runs", 500)
 SAMPLE_RUNS = REPORT.get("sample_runs", 20)
 EMBED_MAX_RUNS = REPORT.get("embed_max_runs", 500)
+TABLES = ["summary", "significance", "compute", "matched_compute", "fidelity", "ev3"]  # each also as .md
 REPORT_TABLES = {
     name: report(f"{R}/tables/{name}.csv", caption=f"../report/{name}.rst", category="Tables")
-    for name in ["summary", "significance", "compute", "matched_compute"] + (["runs"] if N_RUNS <= EMBED_MAX_RUNS else [])
+    for name in TABLES + (["runs"] if N_RUNS <= EMBED_MAX_RUNS else [])
 }
 if N_RUNS > EMBED_MAX_RUNS:
     REPORT_TABLES["runs"] = f"{R}/tables/runs.csv"
@@ -48,7 +49,7 @@ rule aggregate:
     output:
         **REPORT_TABLES,
         **REPORT_FIGURES,
-        markdown=expand(f"{R}/tables/{{name}}.md", name=["summary", "significance", "compute", "matched_compute"]),
+        markdown=expand(f"{R}/tables/{{name}}.md", name=TABLES),
         page=f"{R}/tables/report.rst",
     params:
         sample_runs=SAMPLE_RUNS,
