@@ -26,6 +26,9 @@ def feature_config(config: dict, student: str, teacher: str, models_: dict, data
     config = copy.deepcopy(config)
     config["models"].update(models_)
     config.update(students=[student], datasets=[dataset])
+    if dataset != "mnist1d":  # the smoke config's views are mnist1d's signal transforms
+        for train in (config["train"], config["teacher"]["train"]):
+            train.pop("augment", None)
     config["teacher"]["model"] = teacher
     config["methods"] = {m: {k: v for k, v in config["methods"][m].items() if k != "students"} for m in FEATURE_METHODS}
     config["methods"]["reviewkd"]["warmup_steps"] = 0  # the distillation term from the first step

@@ -128,11 +128,17 @@ def augment_fn(config: dict | None):
     ``{scale, translate, corr_noise, iid_noise, shear}`` — or None without one (or with every strength 0)."""
     if not config or not any(config.values()):
         return None
-    if any(k in config for k in IMAGE_KEYS):
-        padding, flip = config.get("crop_padding", 0), config.get("flip", False)
-        return lambda key, x: crop_flip(key, x, padding=padding, flip=flip)
+    image = any(k in config for k in IMAGE_KEYS)
+    padding, flip = config.get("crop_padding", 0), config.get("flip", False)
     strengths = {k: config.get(k, 0) for k in SIGNAL_KEYS}
-    return lambda key, x: signal_augment(key, x, **strengths)
+
+    def apply(key, x):
+        if image != (x.ndim == 4):  # config validation checks the datasets; this guards direct use
+            raise ValueError(f"train.augment {sorted(config)}: {'image' if image else 'signal'} transforms, "
+                             f"and the batch has shape {x.shape}")
+        return crop_flip(key, x, padding=padding, flip=flip) if image else signal_augment(key, x, **strengths)
+
+    return apply
 
 
 def mixup_fn(config: dict | None):
