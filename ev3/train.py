@@ -322,16 +322,8 @@ class StepWork:
     with_indices = False  # batches carry the examples' indices in ``train`` (:class:`IndexedStepWork`)
 
     def __init__(self, ctx: RunContext):
-        if flops_budget(ctx.spec) is not None:  # the budget is resolved to steps before init (LR schedules need them)
-            ctx.spec = apply_flops_budget(ctx.method, ctx.spec, ctx.data, ctx.teacher, with_indices=self.with_indices)
         self.ctx = ctx
         method, spec, put = ctx.method, ctx.spec, ctx.put
-        self.units, self.steps_per_unit = spec.train["steps"], 1
-        self.units_per_call = int(spec.train.get("steps_per_call", 1))
-        if self.units_per_call < 1:
-            raise ValueError(f"train/steps_per_call: {self.units_per_call} is not a positive integer")
-        self.forwards, self.backwards = method.teacher_passes(spec)
-        self.members = method.population_size(spec)
         x_all, y_all = put(ctx.data.splits["train"])
         n, batch_size = x_all.shape[0], spec.train["batch_size"]
         self.per_epoch = per_epoch = n // batch_size
@@ -381,7 +373,26 @@ class StepWork:
         self.loop_step, self.permutation, self.steps = loop_step, permutation, steps
         self.chunks = {}  # length -> compiled scan of that many steps
         self.zero, self.order_key, self.step_key = put((jnp.float32(0.0), stream(key, "batch_order"), stream(key, "step")))
+        if flops_budget(spec) is not None:  # resolved to steps before the state's init (LR schedules need them)
+            ctx.spec = spec = budget_steps(spec, self._step_flops(spec))
+        self.units, self.steps_per_unit = spec.train["steps"], 1
+        self.units_per_call = int(spec.train.get("steps_per_call", 1))
+        if self.units_per_call < 1:
+            raise ValueError(f"train/steps_per_call: {self.units_per_call} is not a positive integer")
+        self.forwards, self.backwards = method.teacher_passes(spec)
+        self.members = method.population_size(spec)
         self.initial = None
+
+    def _step_flops(self, spec) -> float:
+        """XLA's FLOPs of one call of the loop's step (batch gather, view, method step), as the run will count
+        them; the state is initialised with the step count from the config (FLOPs do not depend on it)."""
+        ctx = self.ctx
+        state = ctx.put(ctx.method.init(spec, ctx.data, ctx.teacher, jax.random.key(0)))
+        treedef = jax.tree.structure(state)
+        perm = ctx.put(jnp.arange(self.train[0].shape[0], dtype=jnp.int32))
+        lowered = jax.jit(on_flat_state(self.loop_step, treedef)).lower(
+            jax.tree.leaves(state), self.zero, ctx.put(np.int32(0)), self.train, perm, self.step_key)
+        return flops_of(lowered.compile())
 
     def load(self, state, units_done: int) -> None:
         """Take ``state`` (initial or restored) as the state after ``units_done`` units; compiles on first use.
@@ -660,19 +671,10 @@ def flops_budget(spec) -> float | None:
     return (spec.budget or {}).get("flops")
 
 
-def apply_flops_budget(method, spec, data, teacher, *, with_indices: bool = False):
-    """``spec`` with ``train.steps`` = floor(budget FLOPs / training FLOPs of one step) (student + teacher,
-    XLA cost of the method's step on one batch), so the run's training FLOPs land within one step of the
-    budget; selection FLOPs are reported beside. ``with_indices``: the step takes ``(x, y, indices)`` batches.
-    Raises ValueError when the budget is less than one step."""
-    state = method.init(spec, data, teacher, jax.random.key(0))
-    x, y = data.splits["train"]
-    batch = (x[: spec.train["batch_size"]], y[: spec.train["batch_size"]])
-    if spec.train.get("mixup"):  # the step sees mixed one-hot targets (B, C)
-        batch = (batch[0], jax.nn.one_hot(batch[1], data.num_classes, dtype=jnp.float32))
-    if with_indices:
-        batch = (*batch, jnp.arange(spec.train["batch_size"], dtype=jnp.int32))
-    per_step = flops_of(jax.jit(method.step).lower(state, batch, jax.random.key(0)).compile())
+def budget_steps(spec, per_step: float):
+    """``spec`` with ``train.steps`` = floor(budget FLOPs / ``per_step``), the training FLOPs (student + teacher,
+    XLA cost) of one step of the loop on one batch, so the run's training FLOPs land within one step of the
+    budget; selection FLOPs are reported beside. Raises ValueError when the budget is less than one step."""
     steps = int(flops_budget(spec) // per_step)
     if steps < 1:
         raise ValueError(f"budget/flops: {flops_budget(spec):.3g} is less than one step of {spec.method} ({per_step:.3g} FLOPs)")

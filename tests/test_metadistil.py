@@ -14,7 +14,6 @@ from ev3.data import Dataset
 from ev3.methods import kd as kd_method
 from ev3.methods import metadistil
 from ev3.methods.common import Frozen, SupervisedState
-from ev3.rng import stream
 from ev3.train import fit
 
 NOLOG = lambda s: None  # noqa: E731
@@ -39,12 +38,6 @@ def _spec(config, data_dir, method, steps=20, **options):
 def _batch(data, n=128):
     x, y = data.splits["train"]
     return x[:n], y[:n]
-
-
-def _quiz(state, key):
-    x, y = state.quiz
-    idx = jax.random.randint(stream(key, "quiz"), (state.quiz_batch_size,), 0, x.shape[0])
-    return x[idx], y[idx]
 
 
 def _kd_step(student, teacher_graphdef, teacher_params, teacher_rest, hparams, batch):
@@ -84,11 +77,11 @@ def test_one_round_is_teacher_meta_step_plus_kd_step(smoke_config, data_dir, mni
     @jax.jit
     def reference(state, batch, key):
         if pilot:
-            teacher_params = _teacher_update(state, state.student.params, batch, _quiz(state, key))
+            teacher_params = _teacher_update(state, state.student.params, batch, metadistil.quiz_batch(state, key))
             student = _kd_step(state.student, t.graphdef, teacher_params, t.rest, state.hparams, batch)
         else:
             student = _kd_step(state.student, t.graphdef, t.params, t.rest, state.hparams, batch)
-            teacher_params = _teacher_update(state, student.params, batch, _quiz(state, key))
+            teacher_params = _teacher_update(state, student.params, batch, metadistil.quiz_batch(state, key))
         return teacher_params, student
 
     teacher_params, student = reference(state, batch, key)
@@ -99,6 +92,9 @@ def test_one_round_is_teacher_meta_step_plus_kd_step(smoke_config, data_dir, mni
 
 
 def test_frozen_teacher_gives_exactly_the_kd_student(smoke_config, data_dir, mnist1d, teacher):
+    """Bit for bit on clean batches (with on-device views the two programs fuse the view differently into
+    their forwards, which changes the last bits)."""
+    smoke_config["train"].pop("augment", None)
     spec_md = _spec(smoke_config, data_dir, "metadistil", teacher_lr=0.0)
     spec_kd = _spec(smoke_config, data_dir, "kd")
     md = fit(methods.get("metadistil"), spec_md, mnist1d, teacher, log=NOLOG)

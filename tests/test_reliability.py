@@ -211,7 +211,8 @@ def resume_scenario(history: list[dict]) -> tuple[int, int, int]:
 
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory, data_dir, mnist1d):
-    """An uninterrupted run of the MLP (adam, lr 0.01, no schedule: val accuracy peaks, then it overfits) and
+    """An uninterrupted run of the MLP (adam, lr 0.01, no schedule, no augmentation: val accuracy peaks, then it
+    overfits) and
     the state directory of the same run interrupted at its last step, after the evaluation and before its
     last checkpoint. Its length comes from a longer run's history (``resume_scenario``): the two checkpoints
     left, ``previous`` and ``latest``, are mid-epoch and after the selected step, so a resume must restore
@@ -219,6 +220,7 @@ def interrupted_run(tmp_path_factory, data_dir, mnist1d):
     Returns (spec, reference, state_dir, previous, latest)."""
     with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
         config = yaml.safe_load(f)
+    config["teacher"]["train"].pop("augment", None)  # clean points: the MLP overfits, so val accuracy peaks
     long = RunSpec.from_dict(teacher_spec_dict(copy.deepcopy(config), data_dir, steps=20 * EVERY, eval_every=EVERY))
     steps, previous, latest = resume_scenario(fit(TEACHER, long, mnist1d, None, log=lambda s: None).history)
     spec = RunSpec.from_dict(teacher_spec_dict(config, data_dir, steps=steps, eval_every=EVERY))

@@ -59,6 +59,8 @@ def _config(smoke_config, data, model, method, steps_per_call, **train):
     config["teacher"]["model"] = "student"
     config["methods"] = {method: METHODS[method]}
     config["datasets"] = [data.name]
+    for train_config in (config["train"], config["teacher"]["train"]):  # views only where a test asks for them
+        train_config.pop("augment", None)
     n = data.splits["train"][0].shape[0]
     config["train"].update({"steps": STEPS, "eval_every": EVERY, "batch_size": n // 11 + 1,
                             "steps_per_call": steps_per_call, **train})

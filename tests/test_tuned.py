@@ -73,6 +73,8 @@ def test_selection_never_reads_test(smoke_config, data_dir, mnist1d, teacher):
 
 
 def test_compute_counts_every_member_and_the_shared_teacher_once(smoke_config, data_dir, mnist1d, teacher):
+    """Without augmentation: the members share one view of each batch, made once (its FLOPs are not ×8)."""
+    smoke_config["train"].pop("augment", None)
     tuned = fit(TUNED, _spec(smoke_config, data_dir, "kd-grid"), mnist1d, teacher, log=NOLOG).compute
     single = fit(methods.get("kd"), _spec(smoke_config, data_dir, "kd"), mnist1d, teacher, log=NOLOG).compute
     assert tuned["student_steps"] == 8 * single["student_steps"] == 8 * 40

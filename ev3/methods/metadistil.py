@@ -110,20 +110,25 @@ def _teacher_step(state: MetaDistilState, student: Student, batch, quiz_batch) -
     return new_teacher, optax.global_norm(grads)
 
 
-def step(state: MetaDistilState, batch, key):
+def quiz_batch(state: MetaDistilState, key) -> tuple[jax.Array, jax.Array]:
+    """The round's quiz batch: ``quiz_batch_size`` rows of ``meta`` drawn with replacement (stream ``quiz``),
+    augmented with ``train.augment`` (stream ``quiz_augment``), never mixed."""
     x_meta, y_meta = state.quiz
     idx = jax.random.randint(stream(key, "quiz"), (state.quiz_batch_size,), 0, x_meta.shape[0])
-    quiz_batch = (x_meta[idx], y_meta[idx])
+    x, y = x_meta[idx], y_meta[idx]
     augment = augment_fn(dict(state.quiz_augment))
-    if augment is not None:
-        quiz_batch = (augment(stream(key, "quiz_augment"), quiz_batch[0]), quiz_batch[1])
+    return (x if augment is None else augment(stream(key, "quiz_augment"), x)), y
+
+
+def step(state: MetaDistilState, batch, key):
+    quiz_batch_ = quiz_batch(state, key)
     if state.pilot:
-        teacher, meta_norm = _teacher_step(state, state.student, batch, quiz_batch)
+        teacher, meta_norm = _teacher_step(state, state.student, batch, quiz_batch_)
         state = state.replace(teacher=teacher)
         student, loss = _student_step(state, batch)
     else:
         student, loss = _student_step(state, batch)
-        teacher, meta_norm = _teacher_step(state, student, batch, quiz_batch)
+        teacher, meta_norm = _teacher_step(state, student, batch, quiz_batch_)
         state = state.replace(teacher=teacher)
     return state.replace(student=student), {"loss": loss, "meta_grad_norm": meta_norm}
 
