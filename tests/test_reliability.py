@@ -133,6 +133,7 @@ def snakemake(workdir, log, *args, **popen):
 def test_killed_dag_completes_with_rerun_incomplete(tmp_path, smoke_config):
     config = smoke_config
     config["benchmark"] = "resume"
+    config.pop("seeds_per_job", None)  # one job per run: kills land between and inside runs
     config["methods"] = {"scratch": {"type": "scratch"}, "kd": {"type": "kd", "temperature": 4.0, "alpha": 0.9}}
     config["students"] = ["mlp64"]
     config["teacher"]["model"] = "mlp64"

@@ -55,17 +55,29 @@ def expected(expression, threads):
 
 
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory):
+def one_seed_per_job(tmp_path_factory) -> str:
+    """config/smoke.yaml with one seed per training job (its seed groups off): the rules are the profile's
+    names, train_student among them (groups get train_student_g<k>, see the seed-group test below)."""
+    with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
+        config = yaml.safe_load(f)
+    config.pop("seeds_per_job", None)
+    path = tmp_path_factory.mktemp("one-seed-per-job") / "smoke.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory, one_seed_per_job):
     workdir = tmp_path_factory.mktemp("slurm-dry-run")
-    return snakemake(workdir, "-n", "--profile", PROFILE, "--configfile", os.path.join(ROOT, "config", "smoke.yaml"),
+    return snakemake(workdir, "-n", "--profile", PROFILE, "--configfile", one_seed_per_job,
                      "--config", "benchmark=slurm_profile_dry_run")
 
 
-def test_cluster_profile_uses_the_slurm_executor_and_names_only_existing_rules(tmp_path):
+def test_cluster_profile_uses_the_slurm_executor_and_names_only_existing_rules(tmp_path, one_seed_per_job):
     profile = load(PROFILE)
     assert profile["executor"] == "slurm"
     assert {"mem_mb", "runtime", "cpus_per_task"} <= set(profile["default-resources"])
-    rules = set(snakemake(tmp_path, "--list-rules", "--configfile", os.path.join(ROOT, "config", "smoke.yaml")).split())
+    rules = set(snakemake(tmp_path, "--list-rules", "--configfile", one_seed_per_job).split())
     assert {"train_teacher", "train_student", "prepare_data", "aggregate"} <= set(profile["set-resources"])
     assert set(profile["set-resources"]) <= rules, set(profile["set-resources"]) - rules
 
