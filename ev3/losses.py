@@ -199,7 +199,8 @@ def mlkd_loss(student_weak, teacher_weak, student_strong, teacher_strong, *, tem
     (raw logits: LS applies to the KD terms only), and ``m̄``, ``c̄`` the fractions of samples and classes kept by
     :func:`mlkd_masks` of ``teacher_weak``::
 
-        Σ_{τ∈𝒯} (m̄·KD_τ(weak) + c̄·CC_τ(weak) + m̄·BC_τ(weak)) + Σ_{τ∈(T,3,5)} KD_τ(strong) + Σ_{τ∈(2,6)} KD_τ(weak)
+        Σ_{τ∈𝒯} (m̄·KD_τ(weak) + c̄·CC_τ(weak) + m̄·BC_τ(weak))
+          + Σ_{τ∈(T,3,5)} KD_τ(strong) + Σ_{τ∈(2,6)} KD_τ(weak)
 
     Two properties of the authors' code are kept as it computes them: the masks multiply losses already reduced
     to batch means (``(kd_loss(...) * mask).mean()``), so a mask scales its term by the kept fraction and does
@@ -255,7 +256,8 @@ def ctkd_lambda(epoch, *, loops: float, max_value: float = 1.0) -> jax.Array:
 
 
 
-def ctkd_loss(student_logits, teacher_logits, labels, theta, strength, *, alpha, t_start=1.0, t_end=20.0) -> jax.Array:
+def ctkd_loss(student_logits, teacher_logits, labels, theta, strength, *, alpha, t_start=1.0,
+              t_end=20.0) -> jax.Array:
     """CTKD (Li et al. 2023, "Curriculum Temperature for Knowledge Distillation") on vanilla KD:
     ``α · T² · KL(p_teacher^T ‖ p_student^T) + (1 − α) · CE(student, labels)`` (:func:`hinton_loss`) at the learnable
     temperature ``T = ctkd_temperature(gradient_reversal(θ, λ))``. The value is KD's at ``T``; the student's
