@@ -3,12 +3,14 @@ them: their steps optimize the losses of ``ev3.losses``, CTKD's temperature is m
 student, an interrupted run resumes to the uninterrupted one, and the config names a wrong option's key."""
 
 import copy
+import os
 from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import yaml
 
 from ev3 import methods, models
 from ev3.config import ConfigError, RunSpec, student_run, validate
@@ -19,6 +21,7 @@ from ev3.methods.common import Frozen
 from ev3.rng import seed_key, stream
 from ev3.train import Counter, RunContext, TwoViewStepWork, fit
 
+ROOT = os.path.join(os.path.dirname(__file__), "..")
 STEPS, EVERY = 6, 3
 NOLOG = lambda s: None  # noqa: E731
 
@@ -196,3 +199,16 @@ def test_mlkd_strong_view_must_fit_the_data(smoke_config):
     smoke_config["methods"]["mlkd"]["strong_view"] = {"crop_padding": 4, "flip": True}
     with pytest.raises(ConfigError, match="^methods/mlkd/strong_view/crop_padding: a image augmentation"):
         validate(smoke_config)
+
+
+def test_the_logit_kd_config_is_the_default_benchmark_with_other_methods():
+    """config/logit-kd.yaml pairs its runs with the default's: the same runs of scratch and kd, teacher and recipe."""
+    def load(name):
+        with open(os.path.join(ROOT, "config", name)) as f:
+            return validate(yaml.safe_load(f))
+
+    default, logit = load("config.yaml"), load("logit-kd.yaml")
+    assert {k: v for k, v in default.items() if k not in ("benchmark", "methods")} == \
+        {k: v for k, v in logit.items() if k not in ("benchmark", "methods")}
+    assert {k: default["methods"][k] for k in ("scratch", "kd")} == {k: logit["methods"][k] for k in ("scratch", "kd")}
+    assert {m["type"] for m in logit["methods"].values()} >= {"kd", "mlkd", "dist", "ctkd", "wttm"}
