@@ -1,6 +1,7 @@
 """The logit methods (``kd``/``dkd``/``mlkd`` with ``ls``, ``dist``, ``mlkd``, ``ctkd``, ``wttm``) as the loop runs
-them: their steps optimize the losses of ``ev3.losses``, CTKD's temperature is method state trained against the
-student, an interrupted run resumes to the uninterrupted one, and the config names a wrong option's key."""
+them: their steps optimize the losses of ``ev3.losses``, MLKD's strong view is built from the clean batch, CTKD's
+temperature is method state trained against the student, an interrupted run resumes to the uninterrupted one, the
+config names a wrong option's key, and the CIFAR-100 instances trace on a CIFAR pair."""
 
 import copy
 import os
@@ -212,3 +213,25 @@ def test_the_logit_kd_config_is_the_default_benchmark_with_other_methods():
         {k: v for k, v in logit.items() if k not in ("benchmark", "methods")}
     assert {k: default["methods"][k] for k in ("scratch", "kd")} == {k: logit["methods"][k] for k in ("scratch", "kd")}
     assert {m["type"] for m in logit["methods"].values()} >= {"kd", "mlkd", "dist", "ctkd", "wttm"}
+
+
+LOGIT_INSTANCES = ["kd-ls", "dkd-ls", "dist", "mlkd", "mlkd-ls", "ctkd", "wttm"]
+
+
+@pytest.mark.parametrize("name", LOGIT_INSTANCES)
+def test_the_cifar100_instances_trace_on_a_cifar_pair(name):
+    """config/cifar100.yaml's logit instances, init and step traced (``jax.eval_shape``, nothing compiled) on
+    resnet8x4 ← resnet32x4 at CIFAR-100 shapes (BatchNorm in train mode; mlkd also with a strong view)."""
+    from test_feature_cifar import CIFAR100, spec_of, synthetic
+    from test_feature_cifar_pairs import abstract_network
+
+    data, student = synthetic(100), "resnet8x4"
+    graphdef, params, rest = abstract_network(CIFAR100["models"]["resnet32x4"], data)
+    spec = spec_of(CIFAR100, student, name)
+    module = methods.get(spec.method_type)
+    state = jax.eval_shape(lambda p, r, k: module.init(spec, data, Frozen(graphdef, p, r), k), params, rest,
+                           jax.random.key(0))
+    x, y = (a[:4] for a in data.splits["train"])
+    for batch in ([(x, y, None), (x, y, x)] if spec.method_type == "mlkd" else [(x, y)]):
+        new, logs = jax.eval_shape(module.step, state, batch, jax.random.key(1))
+        assert logs["loss"].shape == () and jax.tree.structure(new) == jax.tree.structure(state)
