@@ -139,19 +139,28 @@ MIXUP_REFUSED = {"dkd": "its target/non-target split needs each sample's one lab
 """Method types whose loss needs hard labels, so they cannot train on mixed (mixup) targets."""
 
 
-def _check_views(prefix: str, train: dict, config: dict) -> None:
-    """``train.augment``'s keys fit the datasets (image keys need images, signal keys 1-D signals), and
-    ``train.mixup`` is not used with a method whose loss needs hard labels (:data:`MIXUP_REFUSED`)."""
+def _check_augment(key: str, augment: dict, config: dict) -> None:
+    """The transforms ``augment`` (at config path ``key``) fit the datasets: image keys need images, signal keys
+    1-D signals."""
     from ev3.data import SIGNALS
     from ev3.data.augment import IMAGE_KEYS, SIGNAL_KEYS
 
-    augment = train.get("augment") or {}
     for kind, keys, fits in (("image", IMAGE_KEYS, lambda d: d not in SIGNALS), ("signal", SIGNAL_KEYS, lambda d: d in SIGNALS)):
         used = [k for k in keys if k in augment]
         wrong = [d for d in config["datasets"] if not fits(d)]
         if used and wrong:
-            raise ConfigError(f"{prefix}/augment/{used[0]}: a {kind} augmentation, and dataset {wrong[0]!r} is not "
+            raise ConfigError(f"{key}/{used[0]}: a {kind} augmentation, and dataset {wrong[0]!r} is not "
                               f"{'an image' if kind == 'image' else 'a 1-D signal'} dataset")
+
+
+def _check_views(prefix: str, train: dict, config: dict) -> None:
+    """``train.augment`` (and the student section's method views, MLKD's ``strong_view``) fit the datasets, and
+    ``train.mixup`` is not used with a method whose loss needs hard labels (:data:`MIXUP_REFUSED`)."""
+    _check_augment(f"{prefix}/augment", train.get("augment") or {}, config)
+    if prefix == "train":
+        for name, method in config["methods"].items():
+            if method.get("strong_view"):
+                _check_augment(f"methods/{name}/strong_view", method["strong_view"], config)
     if train.get("mixup") and prefix == "train":
         for name, method in config["methods"].items():
             if method["type"] in MIXUP_REFUSED:

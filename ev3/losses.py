@@ -5,6 +5,7 @@ Shapes: ``logits`` and ``teacher_logits`` are ``(B, C)`` floats, ``labels`` is `
 cross-entropy after mixup (``ev3.data.augment.mixup``), ``(B, C)`` float targets (convex combinations of one-hot
 labels).
 Every loss returns the batch mean of a per-sample loss (a scalar); ``*_per_sample`` variants return ``(B,)``.
+The relation losses (DIST, MLKD's class and batch levels, RKD, CRD) are scalars of the whole batch instead.
 
 KL direction: ``kd_loss`` is ``T² · KL(p_teacher^T ‖ p_student^T)`` with ``p^T = softmax(logits / T)``, i.e.
 ``Σ_c p_t log(p_t / p_s)`` summed over classes, averaged over the batch. The ``T²`` factor (Hinton et al.
@@ -104,6 +105,192 @@ def dkd_loss(student_logits, teacher_logits, labels, *, temperature, alpha, beta
     """DKD distillation term: batch mean of ``α · TCKD + β · NCKD`` (see :func:`dkd_parts_per_sample`)."""
     tckd, nckd = dkd_parts_per_sample(student_logits, teacher_logits, labels, temperature)
     return jnp.mean(alpha * tckd + beta * nckd)
+
+
+# --- The logit methods of the CIFAR-100 table (LS, DIST, MLKD, CTKD, WTTM) ----------------------------------------
+#
+# Shapes as above: logits (B, C); every function returns a scalar unless it says otherwise. The teacher side is
+# whatever the caller passes (the methods pass a frozen teacher's logits under ``stop_gradient``).
+
+
+def standardize_logits(logits: jax.Array, eps: float = 1e-7) -> jax.Array:
+    """Logit standardization (Sun et al. 2024, "Logit Standardization in Knowledge Distillation"), (B, C) → (B, C):
+    each row z-scored over the classes, ``(z − mean(z)) / (eps + std(z))``, with the sample standard deviation
+    (ddof 1, PyTorch's ``Tensor.std``) and ``eps = 1e-7``, as the authors' ``normalize``
+    (sunshangquan/logit-standardization-KD, ``mdistiller/distillers/KD.py``).
+
+    A loss "with LS" is the same loss of the standardized student and teacher logits, which are then divided by
+    the loss's (base) temperature; its ``T²`` factor is that base temperature's. A standardized row is invariant
+    (up to ``eps``) to adding a per-sample constant to, or positively scaling, the row's logits."""
+    mean = jnp.mean(logits, axis=-1, keepdims=True)
+    std = jnp.std(logits, axis=-1, keepdims=True, ddof=1)
+    return (logits - mean) / (eps + std)
+
+
+def pearson_rows(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """Pearson correlation of matching rows of ``a`` and ``b`` (N, D) → (N,): the cosine similarity of the centred
+    rows, ``⟨a', b'⟩ / (‖a'‖ · ‖b'‖ + eps)`` (DIST's ``pearson_correlation``)."""
+    a = a - jnp.mean(a, axis=1, keepdims=True)
+    b = b - jnp.mean(b, axis=1, keepdims=True)
+    return jnp.sum(a * b, axis=1) / (jnp.linalg.norm(a, axis=1) * jnp.linalg.norm(b, axis=1) + eps)
+
+
+def dist_parts(student_logits: jax.Array, teacher_logits: jax.Array, temperature) -> tuple[jax.Array, jax.Array]:
+    """DIST's (Huang et al. 2022, "Knowledge Distillation from A Stronger Teacher") two relation terms on the
+    distributions ``y = softmax(z / T)`` (B, C), each ``T² · (1 − mean Pearson correlation)``:
+
+    - inter-class: the correlation of ``y_s[b]`` and ``y_t[b]`` over the classes, averaged over the B samples;
+    - intra-class: the correlation of ``y_s[:, c]`` and ``y_t[:, c]`` over the batch, averaged over the C classes.
+
+    A correlation is symmetric in student and teacher, so there is no KL direction; both terms are invariant to a
+    joint permutation of the batch rows (or of the classes). Needs no labels. The ``T²`` factor and ``eps`` as the
+    authors' ``DIST.forward`` (hunto/image_classification_sota, ``lib/models/losses/dist_kd.py``)."""
+    y_s = jax.nn.softmax(student_logits / temperature, axis=-1)
+    y_t = jax.nn.softmax(teacher_logits / temperature, axis=-1)
+    inter = 1.0 - jnp.mean(pearson_rows(y_s, y_t))
+    intra = 1.0 - jnp.mean(pearson_rows(y_s.T, y_t.T))
+    return temperature**2 * inter, temperature**2 * intra
+
+
+def dist_loss(student_logits, teacher_logits, *, temperature, beta=1.0, gamma=1.0) -> jax.Array:
+    """``β · inter + γ · intra`` (:func:`dist_parts`; the authors' β = γ = 1, CIFAR-100 T = 4)."""
+    inter, intra = dist_parts(student_logits, teacher_logits, temperature)
+    return beta * inter + gamma * intra
+
+
+MLKD_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
+"""MLKD's temperatures beside its base temperature (the authors' code: base, 3, 5, 2, 6)."""
+
+
+def mlkd_class_loss(student_logits, teacher_logits, temperature) -> jax.Array:
+    """MLKD's class-level alignment (the authors' ``cc_loss``): with ``P = softmax(z / T)`` (B, C), the squared
+    Frobenius distance of the class-correlation matrices ``Pᵀ P`` (C, C), divided by C. Symmetric; no ``T²``."""
+    p_s = jax.nn.softmax(student_logits / temperature, axis=-1)
+    p_t = jax.nn.softmax(teacher_logits / temperature, axis=-1)
+    return jnp.sum(jnp.square(p_t.T @ p_t - p_s.T @ p_s)) / student_logits.shape[1]
+
+
+def mlkd_batch_loss(student_logits, teacher_logits, temperature) -> jax.Array:
+    """MLKD's batch-level alignment (the authors' ``bc_loss``): the squared Frobenius distance of the sample
+    similarity matrices ``P Pᵀ`` (B, B), ``P = softmax(z / T)``, divided by B. Symmetric; no ``T²``."""
+    p_s = jax.nn.softmax(student_logits / temperature, axis=-1)
+    p_t = jax.nn.softmax(teacher_logits / temperature, axis=-1)
+    return jnp.sum(jnp.square(p_t @ p_t.T - p_s @ p_s.T)) / student_logits.shape[0]
+
+
+def mlkd_masks(teacher_logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """MLKD's confidence masks from the teacher's weak-view logits at T = 1, as the authors' code computes them:
+
+    - samples (B,) bool: the teacher's top probability is ≤ its batch median (``np.percentile(·, 50)``, linear
+      interpolation), i.e. the confident half of the batch (above the median) is the half left out;
+    - classes (C,) bool: the class's summed probability over the batch is ≤ the median of those sums."""
+    p = jax.nn.softmax(teacher_logits, axis=-1)
+    confidence, class_confidence = jnp.max(p, axis=-1), jnp.sum(p, axis=0)
+    return confidence <= jnp.percentile(confidence, 50), class_confidence <= jnp.percentile(class_confidence, 50)
+
+
+def mlkd_loss(student_weak, teacher_weak, student_strong, teacher_strong, *, temperature, ls: bool = False) -> jax.Array:
+    """MLKD's (Jin et al. 2023, "Multi-level Logit Distillation") distillation term, unweighted (the authors
+    multiply every term by one weight, ``KD.LOSS.KD_WEIGHT``), as their ``forward_train``
+    (Jin-Ying/Multi-Level-Logit-Distillation ``mdistiller/distillers/KD_ours.py``; with LS
+    sunshangquan/logit-standardization-KD ``MLKD.py``). With 𝒯 = (T, 3, 5, 2, 6) (``T`` the base temperature,
+    :data:`MLKD_TEMPERATURES`), KD_τ = :func:`kd_loss` at τ (``T² · KL(teacher ‖ student)``, batch mean;
+    of the standardized logits when ``ls``), CC_τ = :func:`mlkd_class_loss`, BC_τ = :func:`mlkd_batch_loss`
+    (raw logits: LS applies to the KD terms only), and ``m̄``, ``c̄`` the fractions of samples and classes kept by
+    :func:`mlkd_masks` of ``teacher_weak``::
+
+        Σ_{τ∈𝒯} (m̄·KD_τ(weak) + c̄·CC_τ(weak) + m̄·BC_τ(weak))
+          + Σ_{τ∈(T,3,5)} KD_τ(strong) + Σ_{τ∈(2,6)} KD_τ(weak)
+
+    Two properties of the authors' code are kept as it computes them: the masks multiply losses already reduced
+    to batch means (``(kd_loss(...) * mask).mean()``), so a mask scales its term by the kept fraction and does
+    not drop a sample from the gradient; and the τ = 2 and 6 terms of its strong-view KD sum are taken on the weak
+    view. Its strong-view class- and batch-level sums are computed but not part of the returned losses, so they
+    are not here. Pass the weak view as the strong one for single-view training. Needs no labels."""
+    sample_mask, class_mask = mlkd_masks(teacher_weak)
+    m, c = jnp.mean(sample_mask), jnp.mean(class_mask)
+    temperatures = (temperature, *MLKD_TEMPERATURES)
+
+    def kd(s, t, tau):
+        return kd_loss(standardize_logits(s), standardize_logits(t), tau) if ls else kd_loss(s, t, tau)
+
+    weak = sum(m * kd(student_weak, teacher_weak, tau) + c * mlkd_class_loss(student_weak, teacher_weak, tau)
+               + m * mlkd_batch_loss(student_weak, teacher_weak, tau) for tau in temperatures)
+    strong = sum(kd(student_strong, teacher_strong, tau) for tau in temperatures[:3])
+    return weak + strong + sum(kd(student_weak, teacher_weak, tau) for tau in temperatures[3:])
+
+
+@jax.custom_vjp
+def gradient_reversal(x: jax.Array, strength: jax.Array) -> jax.Array:
+    """The gradient reversal layer (Ganin & Lempitsky 2015) as CTKD uses it: the identity forward, the incoming
+    gradient times ``−strength`` backward (no gradient to ``strength``). The authors' ``GradientReversalFunction``
+    multiplies by its ``lambda_`` and is passed a negative one; here ``strength`` = λ ≥ 0 and the sign is the
+    layer's."""
+    return x
+
+
+def _reversal_fwd(x, strength):
+    return x, strength
+
+
+def _reversal_bwd(strength, g):
+    return -strength * g, jnp.zeros_like(strength)
+
+
+gradient_reversal.defvjp(_reversal_fwd, _reversal_bwd)
+
+
+def ctkd_temperature(theta: jax.Array, *, t_start: float = 1.0, t_end: float = 20.0) -> jax.Array:
+    """CTKD's global temperature from its parameter ``theta``: ``t_start + t_end · sigmoid(θ)``, in
+    (t_start, t_start + t_end) = (1, 21) with the authors' defaults (zhengli97/CTKD ``helper/loops.py``)."""
+    return t_start + t_end * jax.nn.sigmoid(theta)
+
+
+def ctkd_lambda(epoch, *, loops: float, max_value: float = 1.0) -> jax.Array:
+    """CTKD's curriculum for the reversal strength λ at ``epoch`` (1-based, as the authors'): ``max_value ·
+    (1 − cos(π · i / loops)) / 2`` with ``i = clip(epoch, 0, loops)``, i.e. from 0 to ``max_value`` over ``loops``
+    epochs along a cosine, then constant (the authors' ``CosineDecay(max_value=0, min_value=−1, num_loops=10)``,
+    whose negative value their reversal layer multiplies by)."""
+    i = jnp.clip(jnp.asarray(epoch, jnp.float32), 0.0, loops)
+    return max_value * (1.0 - jnp.cos(jnp.pi * i / loops)) / 2.0
+
+
+
+def ctkd_loss(student_logits, teacher_logits, labels, theta, strength, *, alpha, t_start=1.0,
+              t_end=20.0) -> jax.Array:
+    """CTKD (Li et al. 2023, "Curriculum Temperature for Knowledge Distillation") on vanilla KD:
+    ``α · T² · KL(p_teacher^T ‖ p_student^T) + (1 − α) · CE(student, labels)`` (:func:`hinton_loss`) at the learnable
+    temperature ``T = ctkd_temperature(gradient_reversal(θ, λ))``. The value is KD's at ``T``; the student's
+    gradient is KD's at ``T``; the gradient reaching ``θ`` is ``−λ · ∂loss/∂θ`` (θ ascends the distillation loss
+    while the student descends it; the ``T²`` factor is differentiated too, as the authors' ``DistillKL``).
+    ``theta`` and ``strength`` (λ, :func:`ctkd_lambda`) are scalars; ``labels`` as :func:`cross_entropy`."""
+    temperature = ctkd_temperature(gradient_reversal(theta, strength), t_start=t_start, t_end=t_end)
+    return hinton_loss(student_logits, teacher_logits, labels, temperature=temperature, alpha=alpha)
+
+def ttm_per_sample(student_logits, teacher_logits, gamma) -> tuple[jax.Array, jax.Array]:
+    """Transformed teacher matching (Zheng & Yang 2024) per sample: ``(KL, w)``, shapes (B,) each.
+
+    The teacher's distribution ``p_t = softmax(t)`` is power-transformed, ``p̂_t = p_t^γ / Σ_c p_t,c^γ`` (γ = 1/T:
+    the same as ``softmax(t / T)``), and matched by the student at T = 1: ``KL = KL(p̂_t ‖ softmax(s))`` (teacher
+    first, no temperature factor). ``w = Σ_c p_t,c^γ`` is WTTM's sample-adaptive weight (larger for smoother
+    teacher outputs), computed in log space. As the authors' ``TTM``/``WTTM`` (zkxufo/TTM ``distiller_zoo``)."""
+    log_pt = gamma * jax.nn.log_softmax(teacher_logits, axis=-1)
+    log_norm = jax.nn.logsumexp(log_pt, axis=-1, keepdims=True)
+    log_target = log_pt - log_norm
+    kl = jnp.sum(jnp.exp(log_target) * (log_target - jax.nn.log_softmax(student_logits, axis=-1)), axis=-1)
+    return kl, jnp.exp(log_norm[:, 0])
+
+
+def ttm_loss(student_logits, teacher_logits, gamma) -> jax.Array:
+    """TTM: the batch mean of ``KL(p̂_t ‖ p_s)`` (:func:`ttm_per_sample`)."""
+    return jnp.mean(ttm_per_sample(student_logits, teacher_logits, gamma)[0])
+
+
+def wttm_loss(student_logits, teacher_logits, gamma) -> jax.Array:
+    """WTTM: the batch mean of ``w · KL(p̂_t ‖ p_s)`` with ``w = Σ_c p_t,c^γ`` (:func:`ttm_per_sample`); needs no
+    labels."""
+    kl, weight = ttm_per_sample(student_logits, teacher_logits, gamma)
+    return jnp.mean(weight * kl)
 
 
 # --- Feature, relation and contrastive distillation (FitNet, AT, RKD, CRD, ReviewKD) -----------------------------

@@ -9,11 +9,12 @@ Conventions
 - Batches (:class:`StepWork`): each epoch is a permutation of ``train`` (stream ``batch_order`` folded with the
   epoch number), cut into ``N // batch_size`` batches (the remainder is dropped); the gather runs on device
   inside the jitted step. A batch is ``(x, y)``, or ``(x, y, indices)`` (int32 (B,), the examples' rows in
-  ``train``) for a method whose unit of work is :class:`IndexedStepWork` (CRD's memory bank). The step key is
+  ``train``) for a method whose unit of work is :class:`IndexedStepWork` (CRD's memory bank), or ``(x, y,
+  x_strong)`` for :class:`TwoViewStepWork` (MLKD's strong view). The step key is
   stream ``step`` folded with the step number. With ``train.augment`` (image or signal transforms) the batch is
   augmented on device in the same step (``ev3.data.augment``, stream ``augment`` of the step key), then with
   ``train.mixup`` mixed (stream ``mixup``; ``y`` becomes (B, C) float targets). The method's step gets that
-  view and nothing else, so its teacher sees the very inputs its student trains on (function matching).
+  view (views) and nothing else, so its teacher sees the very inputs its student trains on (function matching).
 - Steps per call (``train.steps_per_call``, N): the Python loop calls one ahead-of-time compiled step per unit
   when N = 1 (the CPU default: conv training inside ``lax.scan`` is much slower on CPU), or one compiled
   ``lax.scan`` over n ≤ N consecutive steps (the same per-step batch slicing, key folding and augmentation, so
@@ -320,6 +321,7 @@ class StepWork:
     host accumulation."""
 
     with_indices = False  # batches carry the examples' indices in ``train`` (:class:`IndexedStepWork`)
+    two_views = False  # batches carry a second view of the same examples (:class:`TwoViewStepWork`)
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
@@ -331,6 +333,7 @@ class StepWork:
             raise ValueError(f"train/batch_size={batch_size} exceeds the {n} training examples")
         augment, dp, with_indices = augment_fn(spec.train.get("augment")), ctx.dp, self.with_indices
         mix, classes = mixup_fn(spec.train.get("mixup")), ctx.data.num_classes
+        two_views, strong = self.two_views, augment_fn(spec.options.get("strong_view")) if self.two_views else None
         key = seed_key(spec.seed)
         self.train = (x_all, y_all)
 
@@ -342,11 +345,20 @@ class StepWork:
             (x, y), key = (train[0][idx], train[1][idx]), jax.random.fold_in(step_key, i)
             if dp:
                 x, y = dp.constrain_batch((x, y))
+            clean = x
             if augment is not None:  # its own stream: the method's key is the same with or without augmentation
                 x = augment(stream(key, "augment"), x)
             if mix is not None:  # after augmentation; labels become the mixed one-hot targets (B, C)
-                x, y = mix(stream(key, "mixup"), x, y, classes)
-            state, logs = method.step(state, (x, y, idx) if with_indices else (x, y), key)
+                x, targets = mix(stream(key, "mixup"), x, y, classes)
+            else:
+                targets = y
+            batch = (x, targets, idx) if with_indices else (x, targets)
+            if two_views:  # the second view: its own transforms of the clean batch, mixed as the first
+                x_strong = None if strong is None else strong(stream(key, "strong_view"), clean)
+                if x_strong is not None and mix is not None:
+                    x_strong = mix(stream(key, "mixup"), x_strong, y, classes)[0]
+                batch = (*batch, x_strong)
+            state, logs = method.step(state, batch, key)
             if dp:
                 state = dp.constrain_replicated(state)
             return state, loss_sum + logs["loss"], i + 1
@@ -488,6 +500,15 @@ class IndexedStepWork(StepWork):
     ``train`` split (a per-example memory, e.g. CRD's bank)."""
 
     with_indices = True
+
+
+class TwoViewStepWork(StepWork):
+    """:class:`StepWork` whose batches are ``(x, y, x_strong)``: ``x_strong`` a second view of the same examples,
+    the clean batch through the transforms of the method's ``strong_view`` option (``ev3.data.augment``, stream
+    ``strong_view`` of the step key), then with ``train.mixup`` mixed with the same partners and λ as ``x``
+    (stream ``mixup``), so both views share the targets ``y``; None when ``strong_view`` is absent (one view)."""
+
+    two_views = True
 
 
 def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None, devices=None) -> FitResult:

@@ -64,7 +64,7 @@ BAD = [
 
 def test_the_shipped_configs_are_valid():
     for name in ("config.yaml", "smoke.yaml", "cifar10.yaml", "cifar100.yaml", "methods.yaml", "ev3-ablations.yaml",
-                 "ev3-multipass.yaml"):
+                 "ev3-multipass.yaml", "logit-kd.yaml"):
         with open(os.path.join(ROOT, "config", name)) as f:
             validate(yaml.safe_load(f))
 

@@ -8,7 +8,8 @@ import importlib
 
 REGISTRY = {"teacher": "scratch", "scratch": "scratch", "kd": "kd", "dkd": "dkd", "metadistil": "metadistil",
             "ev3": "ev3", "tuned": "tuned",
-            "fitnet": "fitnet", "at": "at", "rkd": "rkd", "crd": "crd", "reviewkd": "reviewkd"}
+            "fitnet": "fitnet", "at": "at", "rkd": "rkd", "crd": "crd", "reviewkd": "reviewkd",
+            "dist": "dist", "mlkd": "mlkd", "ctkd": "ctkd", "wttm": "wttm"}
 METHOD_TYPES = tuple(REGISTRY)
 CONFIG_METHOD_TYPES = tuple(t for t in REGISTRY if t != "teacher")  # the config schema's methods/*/type
 

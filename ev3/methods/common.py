@@ -14,6 +14,7 @@ import optax
 from flax import struct
 
 from ev3 import models
+from ev3.losses import standardize_logits
 from ev3.optim import make_optimizer
 from ev3.train import StepWork  # noqa: F401  (the supervised methods' unit of work)
 
@@ -46,17 +47,35 @@ class Student:
 
 @struct.dataclass
 class SupervisedState:
-    """``student`` trains; ``teacher`` (or None) is frozen; ``hparams`` are loss hyperparameters as arrays."""
+    """``student`` trains; ``teacher`` (or None) is frozen; ``hparams`` are loss hyperparameters as arrays;
+    ``static``: hashable (name, value) options that choose the loss's form (e.g. ``ls``), see :meth:`fixed`."""
 
     student: Student
     teacher: Frozen | None
     hparams: dict
+    static: tuple = struct.field(pytree_node=False, default=())
+
+    def fixed(self, name: str, default=None):
+        """The static option ``name`` (``default`` when absent)."""
+        return dict(self.static).get(name, default)
 
 
 def init_student(model_config: dict, train_config: dict, data, key: jax.Array) -> Student:
     net = models.build(model_config, data.input_shape, data.num_classes, key)
     tx = make_optimizer(train_config["optimizer"], train_config["steps"])
     return Student(net.graphdef, tx, net.params, net.rest, tx.init(net.params))
+
+
+def optimizer_step(tx: optax.GradientTransformation, params, opt_state, grads) -> tuple[Any, Any]:
+    """One update of ``params`` by ``tx``: (new params, new optimizer state)."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def update_student(student: Student, grads, rest) -> Student:
+    """The student after one optimizer step on ``grads``, with the train-mode forward's new ``rest`` (BatchNorm)."""
+    params, opt_state = optimizer_step(student.tx, student.params, student.opt_state, grads)
+    return student.replace(params=params, rest=rest, opt_state=opt_state)
 
 
 def loss_step(state: SupervisedState, batch, loss_fn: Callable) -> tuple[SupervisedState, dict]:
@@ -70,9 +89,15 @@ def loss_step(state: SupervisedState, batch, loss_fn: Callable) -> tuple[Supervi
         return loss_fn(logits, teacher_logits, y, state.hparams), rest
 
     (loss, rest), grads = jax.value_and_grad(objective, has_aux=True)(s.params)
-    updates, opt_state = s.tx.update(grads, s.opt_state, s.params)
-    student = s.replace(params=optax.apply_updates(s.params, updates), rest=rest, opt_state=opt_state)
-    return state.replace(student=student), {"loss": loss}
+    return state.replace(student=update_student(s, grads, rest)), {"loss": loss}
+
+
+def logit_pair(student_logits, teacher_logits, ls: bool):
+    """(student, teacher) logits as a distillation term sees them: standardized per sample with ``ls``
+    (:func:`ev3.losses.standardize_logits`, Sun et al. 2024), unchanged otherwise."""
+    if not ls:
+        return student_logits, teacher_logits
+    return standardize_logits(student_logits), standardize_logits(teacher_logits)
 
 
 def evaluate(state: SupervisedState, x: jax.Array) -> jax.Array:
