@@ -75,6 +75,9 @@ def validate(config: dict) -> dict:
     if isinstance(model, dict) and set(model) != set(config["students"]):
         missing = sorted(set(config["students"]) - set(model))
         raise ConfigError(f"teacher/model/{missing[0]}: no teacher for this student (a mapping needs every student)")
+    for student in config.get("student_learning_rate") or {}:
+        if student not in config["students"]:
+            raise ConfigError(f"student_learning_rate/{student}: not one of the students {config['students']}")
     for name, method in config["methods"].items():
         for i, student in enumerate(method.get("students", [])):
             if student not in config["students"]:
@@ -171,14 +174,21 @@ def _check_views(prefix: str, train: dict, config: dict) -> None:
 def _check_ev3(key: str, options: dict, student_types: dict, flops_budget: bool = False) -> None:
     """EV3 options that depend on ``decide.rule``: ``confidence`` and the objectives' ``margin`` are read (and
     required) only by ``paired``, ``decide.alpha`` only by ``reference``; elsewhere each is an error. A
-    ``growth.operator`` must fit every student's model type (``student_types``: student → type). ``passes`` > 1
+    ``growth.operator`` must fit every student's model type (``student_types``: student → type), and growth needs an
+    operator for it (none for the VGG / MobileNetV2 / ShuffleNet / ResNetV2 zoo). ``passes`` > 1
     needs a round budget (``flops_budget``: the config sets ``budget.flops``) and at most ``iterations`` passes."""
-    from ev3.methods.ev3 import OPERATOR_TYPES
+    from ev3.methods.ev3 import DEFAULT_OPERATOR, OPERATOR_TYPES
 
-    operator = (options.get("growth") or {}).get("operator")
+    growth = options.get("growth")
+    operator = (growth or {}).get("operator")
     for student, kind in student_types.items():
         if operator and kind not in OPERATOR_TYPES[operator]:
             raise ConfigError(f"{key}/growth/operator: {operator!r} cannot grow student {student!r} of type {kind!r}")
+        if growth and not operator and kind not in DEFAULT_OPERATOR:
+            raise ConfigError(
+                f"{key}/growth: no growth operator for student {student!r} of type {kind!r} (there are operators for "
+                f"{sorted(DEFAULT_OPERATOR)}); set growth: null, or list the other students in {key}/students"
+            )
     passes = options.get("passes", 1)
     if passes > 1 and flops_budget:
         raise ConfigError(f"{key}/passes: {passes} passes need a round budget (iterations), not budget.flops")
@@ -229,18 +239,23 @@ def group_run(config: dict, dataset: str, student: str, method: str) -> str:
 
 
 MAP_METHODS = ("at", "reviewkd")  # method types that need feature maps (spatial stages) in student and teacher
+STAGES = {"resnet": 3, "wrn": 3, "vgg": 4, "mobilenetv2": 4, "shufflenetv1": 3, "shufflenetv2": 3, "resnetv2": 4}
+"""Stages of the image models (``len(Features.stages)``, ``ev3.models.features``; checked in the tests)."""
 
 
 def stage_count(model: dict) -> int:
-    """Stages of a model config (``ev3.models.features``): MLP hidden layers, CNN conv blocks, 3 for ResNet/WRN."""
+    """Stages of a model config (``ev3.models.features``): MLP hidden layers, CNN conv blocks, :data:`STAGES` for the
+    image models."""
     if model["type"] == "mlp":
         return len(model["widths"]) if "widths" in model else model["depth"]
-    return len(model["channels"]) if model["type"] == "cnn" else 3
+    return len(model["channels"]) if model["type"] == "cnn" else STAGES[model["type"]]
 
 
 def check_feature_maps(config: dict, name: str, method_type: str, student: str) -> None:
-    """AT and ReviewKD need feature maps in the student and its teacher (an MLP has none); AT pairs the stages,
-    so their numbers must match."""
+    """AT and ReviewKD need feature maps in the student and its teacher (an MLP has none); both pair the stages
+    one to one (AT their attention maps, ReviewKD each fused student level with the teacher's), so their numbers
+    must match, as in every pair of RepDistiller's and mdistiller's CIFAR-100 tables (3 for the CIFAR ResNets, WRNs
+    and ShuffleNets, 4 for VGG, MobileNetV2 and ResNet50)."""
     teacher = teacher_of(config, student)
     for who, model in (("student", student), ("teacher", teacher)):
         if config["models"][model]["type"] == "mlp":
@@ -249,8 +264,11 @@ def check_feature_maps(config: dict, name: str, method_type: str, student: str) 
                 f"with methods/{name}/students to students with conv stages"
             )
     s, t = stage_count(config["models"][student]), stage_count(config["models"][teacher])
-    if method_type == "at" and s != t:
-        raise ConfigError(f"methods/{name}: at pairs stages, and student {student!r} has {s} but teacher {teacher!r} {t}")
+    if s != t:
+        raise ConfigError(
+            f"methods/{name}: {method_type} pairs stages, and student {student!r} has {s} but teacher {teacher!r} {t}; "
+            f"restrict it with methods/{name}/students"
+        )
 
 
 def method_students(config: dict, method: str) -> list[str]:
@@ -387,6 +405,8 @@ def student_run(config: dict, dataset: str, student: str, method: str, seed: int
     options = copy.deepcopy(config["methods"][method])
     options.pop("students", None)  # which runs exist, not how one runs
     train = run_train(config, config["train"])
+    if student in (config.get("student_learning_rate") or {}):
+        train["optimizer"]["learning_rate"] = config["student_learning_rate"][student]
     if config.get("budget") and "student_steps" in config["budget"]:  # equal student steps for every method
         from ev3 import methods
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from ev3.config import method_students, student_runs, validate
+from ev3.config import method_students, student_runs, teacher_models, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROFILE = os.path.join(ROOT, "profiles", "slurm")
@@ -132,8 +132,8 @@ def test_cluster_profile_has_no_test_cluster_settings():
 
 
 def test_the_cifar100_recipe_plans_its_full_dag_with_gpus(tmp_path):
-    """The standard recipe through the cluster profile: 3 teachers (one per student), every (student, method)
-    pair × 3 seeds, every training job with the profile's resources and one GPU, the data job only checking."""
+    """The standard recipe through the cluster profile: one job per teacher model, every (student, method) pair ×
+    3 seeds, every training job with the profile's resources and one GPU, the data job only checking."""
     config_path = os.path.join(ROOT, "config", "cifar100.yaml")
     # A dry run caps rule threads at --cores (1 unless given); a SLURM run leaves --cores unset and does not.
     out = snakemake(tmp_path, "-n", "--cores", "64", "--profile", PROFILE, "--configfile", config_path,
@@ -142,7 +142,9 @@ def test_the_cifar100_recipe_plans_its_full_dag_with_gpus(tmp_path):
         config = yaml.safe_load(f)
     profile, planned = load(PROFILE), planned_resources(out)
     pairs = sum(len(method_students(validate(config), method)) for method in config["methods"])
-    assert len(planned["train_student"]) == pairs * len(config["seeds"]) and len(planned["train_teacher"]) == 3
+    teachers = teacher_models(validate(config))
+    assert len(planned["train_student"]) == pairs * len(config["seeds"])
+    assert len(planned["train_teacher"]) == len(teachers) < len(config["students"])  # a teacher trains once
     assert "check_data" in out and "prepare_data" not in planned  # TFDS data is prepared beforehand, only checked
     for rule in ("train_teacher", "train_student"):
         want = {**profile["default-resources"], **profile["set-resources"][rule]}
@@ -150,7 +152,7 @@ def test_the_cifar100_recipe_plans_its_full_dag_with_gpus(tmp_path):
             assert resources.get("gpu") == "1", (rule, resources)
             for name, value in want.items():
                 assert resources.get(name) == expected(value, config["threads"]), (rule, name, resources)
-    for teacher in ("resnet56", "resnet32x4", "wrn40_2"):
+    for teacher in teachers:
         assert f"teacher/cifar100/{teacher}/seed0/checkpoint" in out
 
 

@@ -1,8 +1,10 @@
 """``fitnet``: FitNets hints (Romero et al. 2015), trained in one stage as RepDistiller and mdistiller do.
 
 Loss: ``ce_weight · CE(student, labels) + beta · MSE(regressor(h_s), h_t)`` (:func:`ev3.losses.fitnet_loss`), with
-``h`` the middle stage's output (``stages[len(stages) // 2]``, RepDistiller's ``hint_layer = 2`` for the
-three-stage CIFAR ResNets / WRNs) and the regressor :class:`ev3.models.connectors.HintRegressor` (conv → BN → ReLU;
+``h`` the second stage's output (``stages[1]``, the only stage of a one-stage model): RepDistiller's and
+mdistiller's ``hint_layer = 2`` (their ``feats[2]``, ``feats[0]`` being the stem) for every network, the middle
+stage of the three-stage CIFAR ResNets, WRNs and ShuffleNets, the second of four for VGG, MobileNetV2 and ResNet50
+(e.g. vgg13 → MobileNetV2: 8×8×256 ← 8×8×16; ResNet50 → MobileNetV2: 16×16×512 ← 8×8×16). The regressor :class:`ev3.models.connectors.HintRegressor` (conv → BN → ReLU;
 flatten → linear between an MLP and a CNN), trained with the student. Defaults as the authors' CIFAR-100 configs
 (RepDistiller ``scripts/run_cifar_distill.sh``: ``--distill hint -a 0 -b 100``; mdistiller
 ``FITNET.LOSS.CE_WEIGHT 1.0, FEAT_WEIGHT 100.0, HINT_LAYER 2``): ``beta = 100``, ``ce_weight = 1``.
@@ -18,9 +20,13 @@ from ev3.methods.feature import evaluate, feature_step, init_state, model, teach
 from ev3.models.connectors import HintRegressor
 
 
+HINT_LAYER = 2
+"""The suites' ``hint_layer``: an index into their ``feats``, whose ``feats[0]`` is the stem (not in our stages)."""
+
+
 def hint(stages):
-    """The hint stage: the middle one, ``stages[len(stages) // 2]``."""
-    return stages[len(stages) // 2]
+    """The hint stage, the suites' ``feats[HINT_LAYER]``: ``stages[1]`` (``stages[0]`` for a one-stage model)."""
+    return stages[min(HINT_LAYER, len(stages)) - 1]
 
 
 def init(spec, data, teacher, key):

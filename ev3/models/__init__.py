@@ -2,7 +2,7 @@
 
 A model is built once from ``(model_config, input_shape, num_classes, key)`` and split into a static
 ``graphdef``, trainable ``params`` (``nnx.Param``) and ``rest`` (everything else, e.g. BatchNorm
-statistics of the ResNets; empty for the MLP and CNN). Training code only sees these pytrees and :func:`apply`.
+statistics of the convolutional zoo; empty for the MLP and CNN). Training code only sees these pytrees and :func:`apply`.
 ``apply(..., features=True)`` also returns the intermediate features (:class:`Features`; names, shapes and which
 are pre-activation in ``ev3.models.features``).
 """
@@ -19,9 +19,17 @@ from flax import nnx
 from ev3.models.cnn import CNN
 from ev3.models.features import Features
 from ev3.models.mlp import MLP
+from ev3.models.mobilenetv2 import MobileNetV2
 from ev3.models.resnet import ResNet, WideResNet
+from ev3.models.resnetv2 import ResNetV2
+from ev3.models.shufflenetv1 import ShuffleNetV1
+from ev3.models.shufflenetv2 import ShuffleNetV2
+from ev3.models.vgg import VGG
 
-MODEL_TYPES = {"mlp": MLP, "cnn": CNN, "resnet": ResNet, "wrn": WideResNet}
+MODEL_TYPES = {"mlp": MLP, "cnn": CNN, "resnet": ResNet, "wrn": WideResNet, "vgg": VGG, "mobilenetv2": MobileNetV2,
+               "shufflenetv1": ShuffleNetV1, "shufflenetv2": ShuffleNetV2, "resnetv2": ResNetV2}
+"""``type`` → model class: ``ev3.models.{mlp, cnn, resnet}`` (resnet, wrn) and the CIFAR zoo of the KD suites
+(RepDistiller / mdistiller): ``vgg``, ``mobilenetv2``, ``shufflenetv1``, ``shufflenetv2``, ``resnetv2``."""
 
 
 class Network(NamedTuple):

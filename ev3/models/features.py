@@ -28,10 +28,27 @@ so; only the logits are cast to float32). With ``S`` the number of stages:
   when ``depth`` is 0), the flattened last conv block for the CNN (``D = L_S · C_S``, or the flattened input
   when it has no conv layer). ``logits = head(embedding)``.
 
+The CIFAR zoo of the KD suites (``vgg``, ``mobilenetv2``, ``shufflenetv1``, ``shufflenetv2``, ``resnetv2``; each
+module's docstring says which layer each tap is): ``stages``, ``preact`` and ``embedding`` are the suites'
+``feats[1:]``, ``preact_feats[1:]`` and ``pooled_feat`` (checked against their PyTorch models, eval mode, to float32
+rounding). On 32×32 inputs, ``S`` and the stage shapes (H×W×C):
+
+  - ``vgg`` (vgg8, vgg13), S = 4: the ReLU of blocks 1–4, 16²×128, 8²×256, 4²×512, 4²×512; ``preact`` the block's
+    last BatchNorm; ``embedding`` the pool of the last stage, 512.
+  - ``mobilenetv2`` (mobile_half), S = 4: the outputs of block groups 2, 3, 5, 7, 16²×12, 8²×16, 4²×48, 2²×160;
+    ``preact`` the same arrays (a linear bottleneck ends without activation); ``embedding`` the pool of the final
+    1×1 conv → BN → ReLU, 1280.
+  - ``shufflenetv1``, S = 3: each stage's output after its last ReLU, 16²×240, 8²×480, 4²×960; ``preact`` the last
+    block's sum (concatenation) before it; ``embedding`` the pool of the last stage, 960.
+  - ``shufflenetv2`` (ShuffleV2), S = 3: each stage's (shuffled) output, 16²×116, 8²×232, 4²×464; ``preact`` the
+    last block's ``[x1, branch]`` before the ReLU and the shuffle, as the suites; ``embedding`` the pool of the
+    final 1×1 conv → BN → ReLU, 1024.
+  - ``resnetv2`` (ResNet50), S = 4: each stage's output after its last ReLU, 32²×256, 16²×512, 8²×1024, 4²×2048;
+    ``preact`` the residual sum; ``embedding`` the pool of the last stage, 2048.
+
 Stages follow RepDistiller / mdistiller (``models/resnet.py``, ``models/wrn.py``: ``feats[1:4]`` are our
 ``stages``, ``feats[4]`` / ``pooled_feat`` our ``embedding``); their stem output ``feats[0]`` is not returned (no
-method here uses it). FitNet's "middle stage" is ``stages[len(stages) // 2]``, RepDistiller's ``hint_layer=2``
-for the three-stage ResNets.
+method here uses it). FitNet's hint is their ``feats[hint_layer = 2]``, our ``stages[1]`` (``ev3.methods.fitnet``).
 """
 
 from __future__ import annotations
