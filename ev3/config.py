@@ -111,13 +111,13 @@ def validate(config: dict) -> dict:
             _check_ev3(f"methods/{name}", method, {s: config["models"][s]["type"] for s in method_students(config, name)},
                        flops_budget=bool(config.get("budget")) and "flops" in config["budget"])
     if seeds_per_job(config)["mode"] == "vmap":
-        from ev3.seedgroup import UNSUPPORTED  # the vmapped trainer's own list
+        from ev3.seedgroup import unsupported  # the vmapped trainer's own rule
 
         for name, method in config["methods"].items():
-            if method["type"] in UNSUPPORTED:
+            if (reason := unsupported(method["type"])) is not None:
                 raise ConfigError(
                     f"seeds_per_job/mode: vmap cannot train methods/{name} (type {method['type']}: "
-                    f"{UNSUPPORTED[method['type']]}); use mode sequential or leave the method out"
+                    f"{reason}); use mode sequential or leave the method out"
                 )
         if (config.get("budget") or {}).get("flops") is not None:
             raise ConfigError("seeds_per_job/mode: vmap cannot train under budget/flops; use mode sequential")

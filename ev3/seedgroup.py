@@ -51,11 +51,25 @@ UNSUPPORTED = {"ev3": "its rounds are host-driven and each seed grows its own ar
                "tuned": "it already trains a population over its grid"}
 
 
+def unsupported(method_type: str) -> str | None:
+    """Why a seed group in mode vmap cannot train ``method_type``, or None: the types of :data:`UNSUPPORTED`, and
+    any method whose unit of work is not the plain :class:`~ev3.train.StepWork` (batches with indices or a
+    second view)."""
+    from ev3 import methods
+
+    if method_type in UNSUPPORTED:
+        return UNSUPPORTED[method_type]
+    work = methods.get(method_type).work
+    if work is not StepWork:
+        return f"its unit of work is {work.__name__}, not a plain step on (x, y) batches"
+    return None
+
+
 def check_group(method_type: str, specs: list) -> None:
     """Raise ValueError unless ``specs`` (RunSpecs) can train as one vmapped seed group of ``method_type``."""
-    if method_type in UNSUPPORTED:
+    if (reason := unsupported(method_type)) is not None:
         raise ValueError(f"seeds_per_job: mode vmap does not support method type {method_type!r} "
-                         f"({UNSUPPORTED[method_type]}); use mode sequential")
+                         f"({reason}); use mode sequential")
     if not specs:
         raise ValueError("a seed group needs at least one run spec")
     seeds = [s.seed for s in specs]
@@ -197,7 +211,7 @@ def fit_vmapped(method, specs: list, data, teacher, *, log=print, state_dir: str
     """Train the runs ``specs`` (equal but for their seeds) of ``method`` as one vmapped seed group; returns one
     :class:`~ev3.train.FitResult` per spec, in order (see the module docstring)."""
     check_group(specs[0].method_type, specs)
-    if method.work is not StepWork or method.population_size(specs[0]) is not None:
+    if method.population_size(specs[0]) is not None:
         raise ValueError(f"seeds_per_job: mode vmap needs a method with a single-model step; {specs[0].method_type!r} is not one")
     t_start = time.perf_counter()
     n_seeds, spec = len(specs), specs[0]

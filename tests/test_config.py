@@ -214,7 +214,7 @@ def test_path_templates_are_spelled_once():
             assert literal not in text, (source, literal)
 
 
-def test_vmap_seed_groups_refuse_ev3_and_tuned_methods_by_name(smoke_config):
+def test_vmap_seed_groups_refuse_ev3_tuned_and_other_units_of_work_by_name(smoke_config):
     smoke_config["seeds_per_job"] = {"count": 4, "mode": "vmap"}
     with pytest.raises(ConfigError, match=r"^seeds_per_job/mode: vmap cannot train methods/kd-tuned \(type tuned"):
         validate(smoke_config)
@@ -222,6 +222,11 @@ def test_vmap_seed_groups_refuse_ev3_and_tuned_methods_by_name(smoke_config):
     with pytest.raises(ConfigError, match=r"^seeds_per_job/mode: vmap cannot train methods/ev3 \(type ev3"):
         validate(smoke_config)
     smoke_config["methods"] = {k: v for k, v in smoke_config["methods"].items() if v["type"] != "ev3"}
+    for method_type, work in (("crd", "IndexedStepWork"), ("mlkd", "TwoViewStepWork")):  # batches with more than (x, y)
+        name = next(k for k, v in smoke_config["methods"].items() if v["type"] == method_type)
+        with pytest.raises(ConfigError, match=rf"^seeds_per_job/mode: vmap cannot train methods/{name} \(type {method_type}: its unit of work is {work}"):
+            validate(smoke_config)
+        smoke_config["methods"] = {k: v for k, v in smoke_config["methods"].items() if v["type"] != method_type}
     validate(smoke_config)
     smoke_config["seeds_per_job"]["mode"] = "sequential"  # sequential groups train every method
     validate({**smoke_config, "methods": {"ev3": {"type": "ev3", **_ev3_options(smoke_config)}}})
