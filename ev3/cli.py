@@ -14,7 +14,8 @@ resume state: an interrupted run rerun with the same command resumes from its la
 ``--compile-cache`` is JAX's persistent compilation cache: runs that differ only in seeds or values (same
 shapes, same code) load each other's compiled kernels instead of compiling again.
 Errors in the user's input (config, missing files, teacher or dataset, divergence) print one ``error:`` line
-and exit with status 1.
+and exit with status 1; so does a write that fails (``ev3.io.WriteError``: the path, the reason and the free
+space of its file system, e.g. a full disk).
 """
 
 from __future__ import annotations
@@ -46,13 +47,23 @@ def use_compile_cache(path: str) -> None:
 
 def _user_error(e: Exception) -> bool:
     """Errors reported as one line: bad config or input files, a missing dataset or teacher, divergence, no free
-    GPU."""
+    GPU, a write that failed (a full disk)."""
     from ev3.config import ConfigError
     from ev3.devices import NoFreeDeviceError
+    from ev3.io import WriteError, out_of_space
 
-    kinds = (ConfigError, FileNotFoundError, FloatingPointError, ValueError, NoFreeDeviceError)
+    kinds = (ConfigError, FileNotFoundError, FloatingPointError, ValueError, NoFreeDeviceError, WriteError)
     data = sys.modules.get("ev3.data")  # a DatasetMissingError can only come from an imported ev3.data
-    return isinstance(e, kinds + ((data.DatasetMissingError,) if data else ()))
+    return isinstance(e, kinds + ((data.DatasetMissingError,) if data else ())) or out_of_space(e)
+
+
+def _error_line(e: Exception) -> str:
+    from ev3.io import out_of_space, write_failure
+
+    if isinstance(e, OSError) and out_of_space(e):  # a write outside ev3.io (e.g. a dataset's files)
+        e = write_failure(e.filename or ".", e)
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return f"error: {'; '.join(lines) or type(e).__name__}"
 
 
 def claim_gpu(spec, lock_root: str | None, timeout_s: float):
@@ -163,7 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not _user_error(e):
             raise
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-        print(f"error: {'; '.join(lines) or type(e).__name__}", file=sys.stderr)
+        print(_error_line(e), file=sys.stderr, flush=True)
         return 1
     return 0
