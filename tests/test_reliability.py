@@ -1,5 +1,6 @@
 """Reliability, proven by injected faults: kill -9 and resume (CLI and Snakemake), corrupt or incomplete
-checkpoints, determinism, bad input, NaN/Inf, a full disk, and the network guard the whole suite runs under."""
+checkpoints, determinism, bad input, NaN/Inf, a full disk, two writers of one run, and the network guard the
+whole suite runs under."""
 
 import copy
 import glob
@@ -21,7 +22,7 @@ import pytest
 import yaml
 from conftest import fill, small_filesystem
 
-from ev3 import io, methods
+from ev3 import io, lock, methods
 from ev3.checkpoint import ResumeStore
 from ev3.config import MAP_METHODS, RunSpec, student_run, teacher_run, validate
 from ev3.run import run
@@ -427,7 +428,7 @@ def test_missing_teacher_or_dataset_is_one_error_line(tmp_path, smoke_config, da
         assert not (tmp_path / f"out_{name}" / "metrics.json").exists()
 
 
-# --- 5. full disk ----------------------------------------------------------------------------------------------------
+# --- 5. full disk, two writers of one run ----------------------------------------------------------------------------
 # One short teacher run through the CLI, its uninterrupted reference started in the background by the fixture (the
 # tests' own processes run beside it); every process shares one compile cache.
 
@@ -498,6 +499,46 @@ def leftovers(directory) -> list[str]:
     return [os.path.join(r, n) for r, ds, fs in os.walk(directory) for n in ds + fs if ".tmp" in n or "-tmp" in n]
 
 
+def snapshot(*directories) -> dict:
+    return {os.path.join(r, n): os.stat(os.path.join(r, n)).st_mtime_ns
+            for d in directories for r, ds, fs in os.walk(d) for n in ds + fs}
+
+
+def test_a_second_process_on_a_run_being_trained_exits_at_once_naming_the_holder(fault_run, tmp_path):
+    """Two real `python -m ev3 train` of one run directory: the second exits 1 at once (before JAX is imported),
+    naming the first (pid, host, start time), and writes nothing; once the first is killed, its lock file is a
+    stale lock, taken over by the next holder (with a log line naming the dead one)."""
+    run_json, cache, _ = fault_run
+    out, state = tmp_path / "out", tmp_path / "state"
+    holder = cli_train(run_json, out, state, "--compile-cache", cache)
+    lock_file = out / lock.LOCK_NAME
+    wait_for(lambda: lock_file.exists() and f"pid {holder.pid} " in lock_file.read_text(), holder, "the holder's lock")
+    os.kill(holder.pid, signal.SIGSTOP)  # stands still while the second one tries: any change would be the second's
+    try:
+        before = snapshot(out, state)
+        t0 = time.monotonic()
+        second = subprocess.run(train_command(run_json, out, state, "--compile-cache", cache), cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - t0
+        assert snapshot(out, state) == before
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert second.returncode == 1, second.stdout + second.stderr
+    errors = error_lines(second.stdout + second.stderr)
+    assert len(errors) == 1, errors
+    assert f"{out} is being written by another process (pid {holder.pid} on host {socket.gethostname()} since " \
+        in errors[0], errors
+    assert took < 15, f"the second process took {took:.1f} s to stop"
+
+    assert f"pid {holder.pid} " in lock_file.read_text()  # SIGKILL left the file; the kernel dropped the flock
+    logs = []
+    with lock.hold([out], log=logs.append):
+        assert f"pid {os.getpid()} " in lock_file.read_text()
+    assert len(logs) == 1 and f"pid {holder.pid} " in logs[0] and "gone" in logs[0], logs
+    assert not lock_file.exists()
+
+
 def test_a_full_disk_stops_the_run_with_one_line_and_the_rerun_resumes_to_the_same_result(fault_run, tmp_path):
     """`python -m ev3 train` with its outputs and state on a 3 MB file system, filled to the last byte after the
     first checkpoint: one `error: cannot write <path>: No space left on device (<free> free on <mount>)` line, exit
@@ -564,6 +605,20 @@ def test_writes_on_a_full_disk_fail_with_the_path_and_free_space_and_leave_nothi
         assert leftovers(disk) == []
         assert json.loads((disk / "metrics.json").read_text()) == {"before": True}
         assert committed_steps(disk / "state") == [1] and not (disk / "checkpoint").exists()
+
+
+def test_no_profile_turns_off_snakemakes_lock():
+    """Snakemake's own lock (one Snakemake per working directory) stays on: no profile or CI script turns it off."""
+    profiles = glob.glob(os.path.join(ROOT, "profiles", "*", "config.y*ml")) + [
+        os.path.join(ROOT, "tests", "slurm", "profile", "config.yaml")]
+    assert len(profiles) >= 2
+    for path in profiles:
+        with open(path) as f:
+            settings = yaml.safe_load(f) or {}
+        assert not [k for k in settings if k.replace("_", "-").lstrip("-") == "nolock"], path
+    for path in profiles + [os.path.join(ROOT, p) for p in (".ci/run", "tests/slurm/run_local_slurm.sh")]:
+        with open(path) as f:
+            assert not re.search(r"--nolock\b|\bnolock:", f.read()), path
 
 
 # --- 6. network guard ------------------------------------------------------------------------------------------------
