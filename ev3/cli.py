@@ -17,7 +17,9 @@ Errors in the user's input (config, missing files, teacher or dataset, divergenc
 and exit with status 1; so does a write that fails (``ev3.io.WriteError``: the path, the reason and the free
 space of its file system, e.g. a full disk) and a run directory that another live process is training
 (``ev3.lock``: ``train`` and ``train-group`` lock each run directory they write, before anything else, and the
-message names the holder's pid, host and start time).
+message names the holder's pid, host and start time). SIGTERM (a scheduler's time limit or preemption,
+``scancel``) makes ``train``/``train-group`` checkpoint the step they are at and exit with status 143 after one
+``error:`` line (``ev3.stop``); the same command then resumes there.
 """
 
 from __future__ import annotations
@@ -49,14 +51,15 @@ def use_compile_cache(path: str) -> None:
 
 def _user_error(e: Exception) -> bool:
     """Errors reported as one line: bad config or input files, a missing dataset or teacher, divergence, no free
-    GPU, a write that failed (a full disk), a run directory held by another process."""
+    GPU, a write that failed (a full disk), a run directory held by another process, a stop request (SIGTERM)."""
     from ev3.config import ConfigError
     from ev3.devices import NoFreeDeviceError
     from ev3.io import WriteError, out_of_space
     from ev3.lock import RunLockedError
+    from ev3.stop import Stopped
 
     kinds = (ConfigError, FileNotFoundError, FloatingPointError, ValueError, NoFreeDeviceError, WriteError,
-             RunLockedError)
+             RunLockedError, Stopped)
     data = sys.modules.get("ev3.data")  # a DatasetMissingError can only come from an imported ev3.data
     return isinstance(e, kinds + ((data.DatasetMissingError,) if data else ())) or out_of_space(e)
 
@@ -130,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     held = None
     if args.command in ("train", "train-group"):
+        from ev3 import stop
+
+        stop.on_signals()  # SIGTERM: checkpoint the current step, then exit 143 (a rerun resumes)
         # GPU jobs allocate memory as they need it (JAX's default takes 75 % up front), so jobs can share a GPU.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         if args.threads:
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _user_error(e):
             raise
         print(_error_line(e), file=sys.stderr, flush=True)
-        return 1
+        return getattr(e, "exit_status", 1)  # ev3.stop.Stopped: 128 + the signal's number
     finally:
         if held is not None:
             held.release()

@@ -1,6 +1,6 @@
 """Reliability, proven by injected faults: kill -9 and resume (CLI and Snakemake), corrupt or incomplete
-checkpoints, determinism, bad input, NaN/Inf, a full disk, two writers of one run, and the network guard the
-whole suite runs under."""
+checkpoints, determinism, bad input, NaN/Inf, a full disk, two writers of one run, SIGTERM (a scheduler's time
+limit or preemption), and the network guard the whole suite runs under."""
 
 import copy
 import glob
@@ -428,7 +428,7 @@ def test_missing_teacher_or_dataset_is_one_error_line(tmp_path, smoke_config, da
         assert not (tmp_path / f"out_{name}" / "metrics.json").exists()
 
 
-# --- 5. full disk, two writers of one run ----------------------------------------------------------------------------
+# --- 5. full disk, two writers of one run, SIGTERM -------------------------------------------------------------------
 # One short teacher run through the CLI, its uninterrupted reference started in the background by the fixture (the
 # tests' own processes run beside it); every process shares one compile cache.
 
@@ -572,6 +572,30 @@ def test_a_full_disk_stops_the_run_with_one_line_and_the_rerun_resumes_to_the_sa
         assert f"resumed from step {before[-1]} " in log and "unusable" not in log, log
         result = outputs_of(out)
     assert_same_outputs(result, reference.outputs())
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes_to_the_same_result(fault_run, tmp_path):
+    """SIGTERM (a scheduler's time limit or preemption) to `python -m ev3 train` after its first checkpoint: the
+    step it is at is checkpointed, one error line names it, exit 143 (128 + SIGTERM); the same command resumes
+    there and ends as the uninterrupted run."""
+    run_json, cache, reference = fault_run
+    out, state = tmp_path / "out", tmp_path / "state"
+    victim = cli_train(run_json, out, state, "--compile-cache", cache)
+    wait_for(lambda: committed_steps(state), victim, "a first checkpoint")
+    victim.send_signal(signal.SIGTERM)
+    log, _ = victim.communicate(timeout=300)
+    assert victim.returncode == 128 + signal.SIGTERM, log
+    errors = error_lines(log)
+    assert len(errors) == 1 and "stopped by SIGTERM at step " in errors[0], log
+    stopped_at = int(errors[0].split("stopped by SIGTERM at step ")[1].split("/")[0])
+    assert FAULT_CHECKPOINT <= stopped_at < FAULT_STEPS, log
+    assert committed_steps(state)[-1] == stopped_at, (log, committed_steps(state))
+    assert not (out / "metrics.json").exists() and leftovers(tmp_path) == []
+    rerun = cli_train(run_json, out, state, "--compile-cache", cache)
+    log, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, log
+    assert f"resumed from step {stopped_at} " in log, log
+    assert_same_outputs(outputs_of(out), reference.outputs())
 
 
 def test_writes_on_a_full_disk_fail_with_the_path_and_free_space_and_leave_nothing(tmp_path):
