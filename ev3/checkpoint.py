@@ -3,8 +3,10 @@ state of a training loop (:class:`ResumeStore`, used by :func:`ev3.train.fit`)."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -13,12 +15,34 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ev3 import models
+from ev3 import io, models
+
+
+@contextlib.contextmanager
+def _writing(path: str, parent: str, name: str):
+    """An orbax save of ``path`` (the directory ``name`` in ``parent``): any failure (tensorstore reports a full
+    disk as a ValueError naming the OS error code) removes orbax's temporary directories of ``name`` and raises
+    :class:`ev3.io.WriteError`; orbax's own error log lines (a traceback per writer thread) are held back, as
+    the error says it in one line."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except Exception as error:
+        for entry in os.listdir(parent) if os.path.isdir(parent) else []:
+            if entry.startswith(f"{name}.orbax-checkpoint-tmp"):
+                shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        raise io.write_failure(path, error) from error
+    finally:
+        absl.setLevel(level)
 
 
 def save_network(path: str, params, rest) -> None:
+    """An orbax checkpoint of a network at ``path`` (a directory), replaced atomically: orbax writes a temporary
+    directory and renames it; on a failure nothing is left beside ``path`` (:class:`ev3.io.WriteError`)."""
     path = os.path.abspath(path)
-    with ocp.StandardCheckpointer() as ckptr:
+    with _writing(path, os.path.dirname(path), os.path.basename(path)), ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, {"params": params, "rest": rest})
 
 
@@ -69,9 +93,11 @@ class ResumeStore:
     A checkpoint holds named pytrees (their leaves only: a tree is restored into the structure of a freshly
     built one) and a JSON ``meta`` dict (loop bookkeeping) plus the run's fingerprint and a digest of every
     leaf. Steps are committed atomically by orbax (temporary directory, then rename), and the
-    :data:`RESUME_KEEP` newest are kept. :meth:`restore` falls back from a checkpoint that orbax cannot read,
-    whose digests do not match or that belongs to another run (deleting it, with a log line) to the previous
-    one, and to a fresh start when none is usable. Non-finite values are never written.
+    :data:`RESUME_KEEP` newest are kept. A save that fails (e.g. a full disk) leaves the committed steps as they
+    were and no temporary directory, and raises :class:`ev3.io.WriteError`. :meth:`restore` falls back from a
+    checkpoint that orbax cannot read, whose digests do not match or that belongs to another run (deleting it,
+    with a log line) to the previous one, and to a fresh start when none is usable. Non-finite values are never
+    written.
     """
 
     def __init__(self, directory: str, fingerprint: str, *, log=print):
@@ -100,13 +126,14 @@ class ResumeStore:
             if any(np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)) for a in hosts):
                 raise FloatingPointError(f"refusing to checkpoint non-finite values ({name}) at step {step}")
             digests[name] = [_digest(a) for a in hosts]
-        manager = self._open()
-        if step in manager.all_steps():
-            manager.delete(step)
         meta = {**meta, "step": step, "fingerprint": self.fingerprint, "digests": digests}
         args = ocp.args.Composite(arrays=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta))
-        manager.save(step, args=args, force=True)
-        manager.wait_until_finished()
+        with _writing(os.path.join(self.directory, str(step)), self.directory, str(step)):
+            manager = self._open()
+            if step in manager.all_steps():
+                manager.delete(step)
+            manager.save(step, args=args, force=True)
+            manager.wait_until_finished()
 
     def restore(self, likes) -> tuple[int, dict, dict] | None:
         """The newest usable checkpoint as ``(step, trees, meta)``, each tree restored into the structure (and

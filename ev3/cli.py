@@ -14,7 +14,12 @@ resume state: an interrupted run rerun with the same command resumes from its la
 ``--compile-cache`` is JAX's persistent compilation cache: runs that differ only in seeds or values (same
 shapes, same code) load each other's compiled kernels instead of compiling again.
 Errors in the user's input (config, missing files, teacher or dataset, divergence) print one ``error:`` line
-and exit with status 1.
+and exit with status 1; so does a write that fails (``ev3.io.WriteError``: the path, the reason and the free
+space of its file system, e.g. a full disk) and a run directory that another live process is training
+(``ev3.lock``: ``train`` and ``train-group`` lock each run directory they write, before anything else, and the
+message names the holder's pid, host and start time). SIGTERM (a scheduler's time limit or preemption,
+``scancel``) makes ``train``/``train-group`` checkpoint the step they are at and exit with status 143 after one
+``error:`` line (``ev3.stop``); the same command then resumes there.
 """
 
 from __future__ import annotations
@@ -46,13 +51,34 @@ def use_compile_cache(path: str) -> None:
 
 def _user_error(e: Exception) -> bool:
     """Errors reported as one line: bad config or input files, a missing dataset or teacher, divergence, no free
-    GPU."""
+    GPU, a write that failed (a full disk), a run directory held by another process, a stop request (SIGTERM)."""
     from ev3.config import ConfigError
     from ev3.devices import NoFreeDeviceError
+    from ev3.io import WriteError, out_of_space
+    from ev3.lock import RunLockedError
+    from ev3.stop import Stopped
 
-    kinds = (ConfigError, FileNotFoundError, FloatingPointError, ValueError, NoFreeDeviceError)
+    kinds = (ConfigError, FileNotFoundError, FloatingPointError, ValueError, NoFreeDeviceError, WriteError,
+             RunLockedError, Stopped)
     data = sys.modules.get("ev3.data")  # a DatasetMissingError can only come from an imported ev3.data
-    return isinstance(e, kinds + ((data.DatasetMissingError,) if data else ()))
+    return isinstance(e, kinds + ((data.DatasetMissingError,) if data else ())) or out_of_space(e)
+
+
+def _error_line(e: Exception) -> str:
+    from ev3.io import out_of_space, write_failure
+
+    if isinstance(e, OSError) and out_of_space(e):  # a write outside ev3.io (e.g. a dataset's files)
+        e = write_failure(e.filename or ".", e)
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return f"error: {'; '.join(lines) or type(e).__name__}"
+
+
+def run_dirs(specs) -> list[str]:
+    """The run directories of a seed group's student runs (``ev3.run.group_dirs``, without importing JAX)."""
+    from ev3 import paths
+
+    return [paths.run_dir(s.dataset, s.model_name, s.method, s.seed, root=paths.results_root(s.benchmark))
+            for s in specs]
 
 
 def claim_gpu(spec, lock_root: str | None, timeout_s: float):
@@ -105,7 +131,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    held = None
     if args.command in ("train", "train-group"):
+        from ev3 import stop
+
+        stop.on_signals()  # SIGTERM: checkpoint the current step, then exit 143 (a rerun resumes)
         # GPU jobs allocate memory as they need it (JAX's default takes 75 % up front), so jobs can share a GPU.
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         if args.threads:
@@ -125,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             io.write_json(os.path.join(args.marker, "source.json"), source)
             print(f"{args.name}: {source['path']} {source['splits']}")
         elif args.command == "train":
-            from ev3 import io
+            from ev3 import io, lock
             from ev3.config import RunSpec
 
             spec = RunSpec.from_dict(io.read_json(args.run_json))
+            held = lock.hold([args.out], log=lambda line: print(line, flush=True))  # one writer per run
             gpu = claim_gpu(spec, args.gpu_locks, args.gpu_wait)  # noqa: F841 (held while the run lasts)
             from ev3.run import run  # imports JAX: after the GPU is chosen
 
@@ -138,10 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train-group":
             import json
 
+            from ev3 import lock
             from ev3.config import RunSpec
 
             run = json.loads(args.run)
             specs = [RunSpec.from_dict({**run, "seed": seed}) for seed in args.seeds]
+            held = lock.hold(run_dirs(specs), log=lambda line: print(line, flush=True))  # one writer per run
             gpu = claim_gpu(specs[0], args.gpu_locks, args.gpu_wait)  # noqa: F841 (held while the runs last)
             from ev3.run import run_group  # imports JAX: after the GPU is chosen
 
@@ -163,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not _user_error(e):
             raise
-        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-        print(f"error: {'; '.join(lines) or type(e).__name__}", file=sys.stderr)
-        return 1
+        print(_error_line(e), file=sys.stderr, flush=True)
+        return getattr(e, "exit_status", 1)  # ev3.stop.Stopped: 128 + the signal's number
+    finally:
+        if held is not None:
+            held.release()
     return 0

@@ -2,6 +2,8 @@
 
 Outputs in ``out_dir`` (all written atomically, ``metrics.json`` last, so its presence means a complete run):
 ``predictions.npz`` (test split of the selected model), ``checkpoint/`` (teacher runs: orbax), ``metrics.json``.
+A write that fails (``ev3.io.WriteError``, e.g. a full disk) removes the outputs written before it, so a run
+directory holds all of them or none; the resume state stays, and a rerun resumes from it.
 With ``state_dir``, training checkpoints there and resumes from it (see ``ev3.train``); it is removed once the
 outputs are complete.
 """
@@ -131,13 +133,21 @@ def write_outputs(spec: RunSpec, loaded: Loaded, result: FitResult, out_dir: str
     summary = method.summary(result)
     if summary is not None:
         metrics[spec.method_type] = summary
-    os.makedirs(out_dir, exist_ok=True)
-    io.write_npz(os.path.join(out_dir, "predictions.npz"), **predictions)
-    if spec.role == "teacher":
-        ckpt = os.path.join(out_dir, "checkpoint")
-        shutil.rmtree(ckpt, ignore_errors=True)
-        checkpoint.save_network(ckpt, student.params, student.rest)
-    io.write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    written = [os.path.join(out_dir, "predictions.npz")]
+    try:
+        io.write_npz(written[0], **predictions)
+        if spec.role == "teacher":
+            written.append(os.path.join(out_dir, "checkpoint"))
+            shutil.rmtree(written[-1], ignore_errors=True)
+            checkpoint.save_network(written[-1], student.params, student.rest)
+        io.write_json(os.path.join(out_dir, "metrics.json"), metrics)
+    except io.WriteError:  # e.g. a full disk: no outputs at all rather than some (the resume state is kept)
+        for path in written:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _remove(path)
+        raise
     log(f"[{spec.method} seed{spec.seed}] test accuracy {metrics['test_accuracy']:.4f} -> {out_dir}")
     return metrics
 
@@ -173,15 +183,27 @@ def group_dirs(spec: RunSpec) -> tuple[str, str, str]:
     return out_dir, os.path.join(state, "resume"), os.path.join(state, "record")
 
 
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _place(src: str, dst: str) -> None:
-    """``dst`` becomes ``src``'s content atomically: a hard link (no copy) or, across file systems, a copy."""
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    """``dst`` becomes ``src``'s content atomically: a hard link (no copy) or, across file systems, a copy. A
+    failure (e.g. a full disk) leaves no temporary file and raises :class:`ev3.io.WriteError`."""
     tmp = f"{dst}.{os.getpid()}.tmp"
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as error:
+        _remove(tmp)
+        raise io.write_failure(dst, error) from error
 
 
 def keep_record(out_dir: str, record: str) -> None:

@@ -20,7 +20,8 @@ split evenly between the seeds and marked shared: ``FitResult.shared`` holds ``{
 
 Resume (``state_dir``): one checkpoint for the job (all members, their selections and bookkeeping), at the
 evaluations every ``train.checkpoint_every`` steps and at the end, identified by every member's spec and the
-teacher; a resumed group equals an uninterrupted one.
+teacher; a resumed group equals an uninterrupted one. A stop request (``ev3.stop``, SIGTERM) checkpoints the step
+the group is at, with the losses summed since the last evaluation, and raises ``ev3.stop.Stopped``.
 
 Not supported in this mode (a ``ValueError`` from :func:`check_group`, which config validation can call before
 any job starts; ``UNSUPPORTED`` names the method types and why): ``ev3`` (host-driven rounds, per-seed
@@ -41,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ev3 import stop
 from ev3.rng import seed_key, stream
 from ev3.train import (
     Counter, FitResult, NonFiniteError, RunContext, Selection, StepWork, _all_finite, accuracy, compile_record,
@@ -233,20 +235,59 @@ def fit_vmapped(method, specs: list, data, teacher, *, log=print, state_dir: str
         checkpoint_every = spec.train.get("checkpoint_every", eval_every)
         identity = {"seed_group": [run_identity(s) for s in specs]}
         store = ResumeStore(state_dir, fingerprint(identity, teacher), log=log)
-        restored = store.restore({"members": group.initial, "best": [base.model_like({}) for _ in specs]})
+        restored = store.restore(lambda meta: {
+            "members": group.initial,
+            **({} if meta.get("best") is None else {"best": [base.model_like({}) for _ in specs]}),
+        })
         if restored is not None:
             start, trees, resumed = restored
             group.load(trees["members"], start)
+            if resumed.get("since"):  # stopped between evaluations: the losses summed since the last one
+                group.loss_sum = jnp.asarray(np.asarray(resumed["loss_sum"], resumed["loss_dtype"]))
+                group.since = resumed["since"]
             histories, trackeds = resumed["histories"], resumed["tracked"]
-            best = [Selection(b["val_accuracy"], b["student_steps"], None, m) for b, m in zip(resumed["best"], trees["best"])]
+            if resumed["best"] is not None:
+                best = [Selection(b["val_accuracy"], b["student_steps"], None, m)
+                        for b, m in zip(resumed["best"], trees["best"])]
             selection_flops, train_s = resumed["flops_selection"], resumed["train_s"]
             t_start -= resumed["wall_s"]
             log(f"{tag} resumed from step {start} ({state_dir})")
+
+    def save(i: int) -> None:
+        """A checkpoint after ``i`` steps: at an evaluation, or at a stop request (then with the losses summed
+        since the last evaluation, exact float32 values, and before the first one without selections)."""
+        selected = None if any(b is None for b in best) else best
+        meta = {
+            "histories": histories,
+            "tracked": trackeds,
+            "best": None if selected is None else [{"val_accuracy": b.val_accuracy, "student_steps": b.student_steps}
+                                                   for b in selected],
+            "flops_selection": selection_flops,
+            "train_s": train_s,
+            "wall_s": time.perf_counter() - t_start,
+            **compile_record(counter, resumed),
+        }
+        if group.since:
+            pending = np.asarray(group.loss_sum)
+            meta.update(since=group.since, loss_sum=pending.tolist(), loss_dtype=str(pending.dtype))
+        trees = {"members": group.member, **({} if selected is None else {"best": [b.model for b in selected]})}
+        store.save(i, trees, meta)
 
     next_eval = (start // eval_every + 1) * eval_every
     last_checkpoint, i = start, start
     t_loop = time.perf_counter()
     while i < units:
+        if stop.requested():  # checkpoint the steps done, then stop (ev3.stop)
+            if store is not None and i != last_checkpoint:
+                train_s += time.perf_counter() - t_loop
+                save(i)
+                last_checkpoint = i
+            where = (f"its checkpoint of step {last_checkpoint} is in {state_dir}" if store is not None and i
+                     else "nothing was saved")
+            if store is not None:
+                store.close()
+            raise stop.Stopped(f"{tag} stopped by {stop.requested().name} at {base.progress(i)}: {where}; rerun "
+                               "the same command to resume", stop.requested())
         count = max(1, min(units_per_call, units - i, next_eval - i))
         group.advance(i, count)
         i += count
@@ -286,16 +327,7 @@ def fit_vmapped(method, specs: list, data, teacher, *, log=print, state_dir: str
         while next_eval <= i:
             next_eval += eval_every
         if store is not None and (i // checkpoint_every > last_checkpoint // checkpoint_every or last):
-            meta = {
-                "histories": histories,
-                "tracked": trackeds,
-                "best": [{"val_accuracy": b.val_accuracy, "student_steps": b.student_steps} for b in best],
-                "flops_selection": selection_flops,
-                "train_s": train_s,
-                "wall_s": time.perf_counter() - t_start,
-                **compile_record(counter, resumed),
-            }
-            store.save(i, {"members": group.member, "best": [b.model for b in best]}, meta)
+            save(i)
             last_checkpoint = i
         t_loop = time.perf_counter()
     if store is not None:

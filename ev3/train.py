@@ -49,6 +49,11 @@ Conventions
   selection, FLOPs, timings). Batch order and step keys are functions of the step index, so a resumed run is
   bit-identical to an uninterrupted one; an unusable checkpoint falls back to the previous one, or to a fresh
   start.
+- Stop requests (``ev3.stop``: SIGTERM from a scheduler's time limit or preemption): the loop checks for one
+  before every call of the unit of work; it then checkpoints the state it is at (between evaluations too: the
+  loss summed since the last evaluation is part of that checkpoint, so the resumed history is the same) and
+  raises :class:`ev3.stop.Stopped`. A resume from it is bit-identical to an uninterrupted run as well (with
+  ``train.steps_per_call`` > 1 the stop comes at the end of a chunk, where the uninterrupted run's chunks end).
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ev3 import diagnostics
+from ev3 import diagnostics, stop
 from ev3.data.augment import augment_fn, mixup_fn
 from ev3.losses import cross_entropy_per_sample
 from ev3.parallel import data_parallel
@@ -479,13 +484,22 @@ class StepWork:
         return f"step {units}/{self.units}"
 
     def checkpoint(self) -> tuple[dict, dict]:
-        return {"state": self.state()}, {}
+        """The state; between evaluations (a stop request) also the loss summed since the last one, as exact
+        float32 values in the metadata, so the next evaluation's mean loss is the uninterrupted run's."""
+        if not self.since:
+            return {"state": self.state()}, {}
+        pending = np.asarray(self.loss_sum)
+        meta = {"since": self.since, "loss_sum": pending.tolist(), "loss_dtype": str(pending.dtype)}
+        return {"state": self.state()}, meta
 
     def likes(self, meta: dict) -> dict:
         return {"state": self.initial}
 
     def restore(self, trees: dict, meta: dict, units_done: int) -> None:
         self.load(trees["state"], units_done)
+        if meta.get("since"):
+            self.loss_sum = self.ctx.put(jnp.asarray(np.asarray(meta["loss_sum"], meta["loss_dtype"])))
+            self.since = meta["since"]
 
     def model_meta(self, model) -> dict:
         return {}
@@ -527,6 +541,8 @@ def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None,
     loop = _Loop(method, spec, data, teacher, log, state_dir, devices)
     i = loop.start
     while loop.units is None or i < loop.units:
+        if stop.requested():
+            loop.stop(i)
         i, last = loop.chunk(i)
         if i * loop.per_unit >= loop.next_eval or last:
             loop.evaluate(i)
@@ -568,8 +584,10 @@ class _Loop:
         spec, work = self.spec, self.work
         self.checkpoint_every = spec.train.get("checkpoint_every", self.eval_every)
         self.store = resume_store(spec, self.teacher, state_dir, self.log)
-        restored = self.store.restore(lambda meta: {**work.likes(meta.get("method", {})),
-                                                    "best": work.model_like(meta.get("best_model", {}))})
+        restored = self.store.restore(lambda meta: {
+            **work.likes(meta.get("method", {})),
+            **({} if meta.get("best") is None else {"best": work.model_like(meta.get("best_model") or {})}),
+        })
         if restored is None:
             return
         step, trees, self.resumed = restored
@@ -577,8 +595,8 @@ class _Loop:
         self.start = step // self.per_unit
         work.restore({k: v for k, v in trees.items() if k != "best"}, self.resumed["method"], self.start)
         self.history, self.tracked = self.resumed["history"], self.resumed["tracked"]
-        b = self.resumed["best"]
-        self.best = Selection(b["val_accuracy"], b["student_steps"], b["member"], trees["best"])
+        b = self.resumed["best"]  # None: stopped before its first evaluation
+        self.best = None if b is None else Selection(b["val_accuracy"], b["student_steps"], b["member"], trees["best"])
         self.ctx.flops.update(self.resumed["flops"])
         self.train_s = self.resumed["train_s"]
         self.t_start -= self.resumed["wall_s"]  # the wall time before the interruption counts too
@@ -652,20 +670,48 @@ class _Loop:
         if self.store is None or not (steps // self.checkpoint_every > self.last_checkpoint // self.checkpoint_every
                                       or last):
             return
+        self._save(done)
+
+    def stop(self, done: int) -> None:
+        """At a stop request (``ev3.stop``): a checkpoint of the state after ``done`` units unless the newest one
+        is of it, then :class:`ev3.stop.Stopped`."""
+        signum, steps = stop.requested(), done * self.per_unit
+        if steps == 0:
+            where = "no step was trained"
+        elif self.store is None:
+            where = "no --state-dir, so nothing was saved"
+        else:
+            if steps != self.last_checkpoint:
+                self.train_s += time.perf_counter() - self.t_loop
+                try:
+                    self._save(done)
+                except FloatingPointError as e:  # a diverged state is not saved; the rerun meets the NaN guard
+                    self.log(f"{self.tag} not checkpointed at the stop: {e}")
+            where = f"its checkpoint of step {self.last_checkpoint} is in {self.store.directory}"
+        if self.store is not None:
+            self.store.close()
+        raise stop.Stopped(f"{self.tag} stopped by {signum.name} at {self.work.progress(done)}: {where}; rerun the "
+                           "same command to resume", signum)
+
+    def _save(self, done: int) -> None:
+        steps = done * self.per_unit
         trees, method_meta = self.work.checkpoint()
-        best = self.best
+        best = self.best  # None before the first evaluation (a stop request)
+        if best is not None:
+            trees = {**trees, "best": best.model}
         meta = {
             "history": self.history,
             "tracked": self.tracked,
-            "best": {"val_accuracy": best.val_accuracy, "student_steps": best.student_steps, "member": best.member},
-            "best_model": self.work.model_meta(best.model),
+            "best": None if best is None else {"val_accuracy": best.val_accuracy, "student_steps": best.student_steps,
+                                               "member": best.member},
+            "best_model": None if best is None else self.work.model_meta(best.model),
             "method": method_meta,
             "flops": self.ctx.flops,
             "train_s": self.train_s,
             "wall_s": time.perf_counter() - self.t_start,
             **compile_record(self.ctx.counter, self.resumed),
         }
-        self.store.save(steps, {**trees, "best": best.model}, meta)
+        self.store.save(steps, trees, meta)
         self.last_checkpoint = steps
 
     def result(self, done: int) -> FitResult:

@@ -13,14 +13,57 @@ import pytest
 TOOLS = {"chromium": "apt-get install -y --no-install-recommends chromium"}
 
 
+def _missing(reason: str):
+    """Skip the calling test for ``reason`` (a missing tool or capability); fail with EV3_REQUIRE_TOOLS=1."""
+    if os.environ.get("EV3_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{reason}; EV3_REQUIRE_TOOLS=1 requires it")
+    pytest.skip(reason)
+
+
 def require_tool(name: str) -> str:
     """The path of tool ``name``; skips the calling test when it is absent (fails with EV3_REQUIRE_TOOLS=1)."""
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} not installed (install: {TOOLS[name]})"
-        if os.environ.get("EV3_REQUIRE_TOOLS") == "1":
-            pytest.fail(f"{reason}; EV3_REQUIRE_TOOLS=1 requires it")
-        pytest.skip(reason)
+        _missing(f"{name} not installed (install: {TOOLS[name]})")
+    return path
+
+
+@contextlib.contextmanager
+def small_filesystem(directory, size: str = "3m"):
+    """A real file system of ``size`` (tmpfs) mounted on ``directory`` while the context is open, for tests of a
+    full disk. Needs root (``mount -t tmpfs``); otherwise the test skips naming why (fails with
+    EV3_REQUIRE_TOOLS=1)."""
+    import subprocess
+
+    os.makedirs(directory, exist_ok=True)
+    if os.geteuid() != 0:
+        _missing(f"mounting a {size} tmpfs for a full disk needs root (running as uid {os.geteuid()})")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        _missing(f"mount -t tmpfs -o size={size} failed: {(mount.stderr or mount.stdout).strip()}")
+    try:
+        yield str(directory)
+    finally:
+        subprocess.run(["umount", "--lazy", str(directory)], check=True)
+
+
+def fill(directory) -> str:
+    """Fill the file system of ``directory`` to its last byte with one file (returned); remove it to free space."""
+    path = os.path.join(directory, "filler")
+    block = b"\0" * (1 << 16)
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(block)
+        except OSError:
+            pass
+        for size in (4096, 512, 1):  # the last partial blocks
+            try:
+                while True:
+                    f.write(block[:size])
+            except OSError:
+                pass
     return path
 
 

@@ -1,10 +1,12 @@
 """Reliability, proven by injected faults: kill -9 and resume (CLI and Snakemake), corrupt or incomplete
-checkpoints, determinism, bad input, NaN/Inf, and the network guard the whole suite runs under."""
+checkpoints, determinism, bad input, NaN/Inf, a full disk, two writers of one run, SIGTERM (a scheduler's time
+limit or preemption), and the network guard the whole suite runs under."""
 
 import copy
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,8 +20,9 @@ import orbax.checkpoint as ocp
 import pandas as pd
 import pytest
 import yaml
+from conftest import fill, small_filesystem
 
-from ev3 import methods
+from ev3 import io, lock, methods
 from ev3.checkpoint import ResumeStore
 from ev3.config import MAP_METHODS, RunSpec, student_run, teacher_run, validate
 from ev3.run import run
@@ -70,9 +73,14 @@ def teacher_spec_dict(config, data_dir, **train):
     return d
 
 
-def cli_train(run_json, out, state, **popen):
-    cmd = [sys.executable, "-m", "ev3", "train", str(run_json), "--out", str(out), "--state-dir", str(state), "--threads", "1"]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+def train_command(run_json, out, state, *options) -> list[str]:
+    return [sys.executable, "-m", "ev3", "train", str(run_json), "--out", str(out), "--state-dir", str(state),
+            "--threads", "1", *map(str, options)]
+
+
+def cli_train(run_json, out, state, *options, **popen):
+    return subprocess.Popen(train_command(run_json, out, state, *options), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
 
 
 # --- 1. kill -9 of `python -m ev3 train`, rerun of the same command ------------------------------------------------
@@ -419,6 +427,223 @@ def test_missing_teacher_or_dataset_is_one_error_line(tmp_path, smoke_config, da
         errors = [line for line in out.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and expected[name] in errors[0], out
         assert not (tmp_path / f"out_{name}" / "metrics.json").exists()
+
+
+# --- 5. full disk, two writers of one run, SIGTERM -------------------------------------------------------------------
+# One short teacher run through the CLI, its uninterrupted reference started in the background by the fixture (the
+# tests' own processes run beside it); every process shares one compile cache.
+
+FAULT_STEPS, FAULT_EVERY, FAULT_CHECKPOINT = 600, 150, 300
+
+
+class Reference:
+    """The uninterrupted CLI run of ``run_json`` (started at once; :meth:`outputs` waits for it)."""
+
+    def __init__(self, run_json, root, cache):
+        self.out, self.log = root / "ref", None
+        self.proc = cli_train(run_json, self.out, root / "ref_state", "--compile-cache", cache)
+
+    def outputs(self):
+        if self.log is None:
+            self.log, _ = self.proc.communicate(timeout=300)
+        assert self.proc.returncode == 0, self.log
+        return outputs_of(self.out)
+
+
+def outputs_of(out) -> dict:
+    """A run directory's outputs: metrics.json minus timing, predictions, the teacher checkpoint's leaves."""
+    with ocp.StandardCheckpointer() as ckptr:
+        leaves = [np.asarray(x) for x in jax.tree.leaves(ckptr.restore(str(out / "checkpoint")))]
+    return {"metrics": without_timing(json.loads((out / "metrics.json").read_text())),
+            "predictions": dict(np.load(out / "predictions.npz")), "checkpoint": leaves}
+
+
+def assert_same_outputs(a: dict, b: dict):
+    assert a["metrics"] == b["metrics"]
+    assert_same_arrays(a["predictions"], b["predictions"])
+    assert len(a["checkpoint"]) == len(b["checkpoint"]) > 0
+    for x, y in zip(a["checkpoint"], b["checkpoint"]):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def fault_run(tmp_path_factory, data_dir):
+    """(run.json, compile cache, :class:`Reference`) of the teacher MLP, FAULT_STEPS steps."""
+    root = tmp_path_factory.mktemp("faults")
+    with open(os.path.join(ROOT, "config", "smoke.yaml")) as f:
+        config = yaml.safe_load(f)
+    run_json, cache = root / "run.json", root / "compile_cache"
+    run_json.write_text(json.dumps(teacher_spec_dict(config, data_dir, steps=FAULT_STEPS, eval_every=FAULT_EVERY,
+                                                     checkpoint_every=FAULT_CHECKPOINT)))
+    reference = Reference(run_json, root, cache)
+    yield run_json, cache, reference
+    if reference.proc.poll() is None:
+        reference.proc.kill()
+        reference.proc.communicate()
+
+
+def wait_for(condition, proc, what: str, timeout: float = 180.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the process ended before {what}:\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.01)
+
+
+def error_lines(log: str) -> list[str]:
+    assert "Traceback" not in log, log
+    return [line for line in log.splitlines() if line.startswith("error:")]
+
+
+def leftovers(directory) -> list[str]:
+    """Temporary files and directories under ``directory`` (``.<name>.*.tmp``, orbax's ``*.orbax-checkpoint-tmp*``)."""
+    return [os.path.join(r, n) for r, ds, fs in os.walk(directory) for n in ds + fs if ".tmp" in n or "-tmp" in n]
+
+
+def snapshot(*directories) -> dict:
+    return {os.path.join(r, n): os.stat(os.path.join(r, n)).st_mtime_ns
+            for d in directories for r, ds, fs in os.walk(d) for n in ds + fs}
+
+
+def test_a_second_process_on_a_run_being_trained_exits_at_once_naming_the_holder(fault_run, tmp_path):
+    """Two real `python -m ev3 train` of one run directory: the second exits 1 at once (before JAX is imported),
+    naming the first (pid, host, start time), and writes nothing; once the first is killed, its lock file is a
+    stale lock, taken over by the next holder (with a log line naming the dead one)."""
+    run_json, cache, _ = fault_run
+    out, state = tmp_path / "out", tmp_path / "state"
+    holder = cli_train(run_json, out, state, "--compile-cache", cache)
+    lock_file = out / lock.LOCK_NAME
+    wait_for(lambda: lock_file.exists() and f"pid {holder.pid} " in lock_file.read_text(), holder, "the holder's lock")
+    os.kill(holder.pid, signal.SIGSTOP)  # stands still while the second one tries: any change would be the second's
+    try:
+        before = snapshot(out, state)
+        t0 = time.monotonic()
+        second = subprocess.run(train_command(run_json, out, state, "--compile-cache", cache), cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - t0
+        assert snapshot(out, state) == before
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert second.returncode == 1, second.stdout + second.stderr
+    errors = error_lines(second.stdout + second.stderr)
+    assert len(errors) == 1, errors
+    assert f"{out} is being written by another process (pid {holder.pid} on host {socket.gethostname()} since " \
+        in errors[0], errors
+    assert took < 15, f"the second process took {took:.1f} s to stop"
+
+    assert f"pid {holder.pid} " in lock_file.read_text()  # SIGKILL left the file; the kernel dropped the flock
+    logs = []
+    with lock.hold([out], log=logs.append):
+        assert f"pid {os.getpid()} " in lock_file.read_text()
+    assert len(logs) == 1 and f"pid {holder.pid} " in logs[0] and "gone" in logs[0], logs
+    assert not lock_file.exists()
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_the_rerun_resumes_to_the_same_result(fault_run, tmp_path):
+    """`python -m ev3 train` with its outputs and state on a 3 MB file system, filled to the last byte after the
+    first checkpoint: one `error: cannot write <path>: No space left on device (<free> free on <mount>)` line, exit
+    1, no temporary files, no outputs, the checkpoints before intact; once space is freed, the same command
+    resumes from the newest of them and ends as the uninterrupted run."""
+    run_json, cache, reference = fault_run
+    disk = tmp_path / "disk"
+    with small_filesystem(disk):
+        out, state = disk / "out", disk / "state"
+        victim = cli_train(run_json, out, state, "--compile-cache", cache)
+        wait_for(lambda: committed_steps(state), victim, "a first checkpoint")
+        os.kill(victim.pid, signal.SIGSTOP)  # the disk fills while the run stands still
+        before = committed_steps(state)
+        filler = fill(disk)
+        os.kill(victim.pid, signal.SIGCONT)
+        log, _ = victim.communicate(timeout=300)
+        assert victim.returncode == 1, log
+        errors = error_lines(log)
+        assert len(errors) == 1, log
+        where = re.escape(str(disk))
+        free = r"\d[\d.]* k?M?B"
+        assert re.fullmatch(rf"error: cannot write {where}/\S+: No space left on device \({free} free on {where}\)",
+                            errors[0]), errors[0]
+        assert leftovers(disk) == []
+        assert not [p for p in ("metrics.json", "predictions.npz", "checkpoint") if (out / p).exists()]
+        assert before and before[-1] < FAULT_STEPS and committed_steps(state) == before  # no checkpoint lost
+        os.remove(filler)
+        rerun = cli_train(run_json, out, state, "--compile-cache", cache)
+        log, _ = rerun.communicate(timeout=300)
+        assert rerun.returncode == 0, log
+        assert f"resumed from step {before[-1]} " in log and "unusable" not in log, log
+        result = outputs_of(out)
+    assert_same_outputs(result, reference.outputs())
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes_to_the_same_result(fault_run, tmp_path):
+    """SIGTERM (a scheduler's time limit or preemption) to `python -m ev3 train` after its first checkpoint: the
+    step it is at is checkpointed, one error line names it, exit 143 (128 + SIGTERM); the same command resumes
+    there and ends as the uninterrupted run."""
+    run_json, cache, reference = fault_run
+    out, state = tmp_path / "out", tmp_path / "state"
+    victim = cli_train(run_json, out, state, "--compile-cache", cache)
+    wait_for(lambda: committed_steps(state), victim, "a first checkpoint")
+    victim.send_signal(signal.SIGTERM)
+    log, _ = victim.communicate(timeout=300)
+    assert victim.returncode == 128 + signal.SIGTERM, log
+    errors = error_lines(log)
+    assert len(errors) == 1 and "stopped by SIGTERM at step " in errors[0], log
+    stopped_at = int(errors[0].split("stopped by SIGTERM at step ")[1].split("/")[0])
+    assert FAULT_CHECKPOINT <= stopped_at < FAULT_STEPS, log
+    assert committed_steps(state)[-1] == stopped_at, (log, committed_steps(state))
+    assert not (out / "metrics.json").exists() and leftovers(tmp_path) == []
+    rerun = cli_train(run_json, out, state, "--compile-cache", cache)
+    log, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, log
+    assert f"resumed from step {stopped_at} " in log, log
+    assert_same_outputs(outputs_of(out), reference.outputs())
+
+
+def test_writes_on_a_full_disk_fail_with_the_path_and_free_space_and_leave_nothing(tmp_path):
+    """Each writer on a full file system: one-line WriteError naming the path and the free space, nothing left
+    behind (no temporary file), and what was there before kept."""
+    from ev3.checkpoint import save_network
+    from ev3.run import _place
+
+    disk = tmp_path / "disk"
+    with small_filesystem(disk, size="1m"):
+        store = ResumeStore(str(disk / "state"), "fp", log=lambda s: None)
+        store.save(1, {"state": {"w": np.ones(100, np.float32)}}, {})
+        io.write_json(str(disk / "metrics.json"), {"before": True})
+        (tmp_path / "record.txt").write_text("x" * 5000)  # on another file system: placed by a copy
+        big = {"w": np.random.default_rng(0).random(300_000).astype(np.float32)}  # 1.2 MB: more than the disk
+        fill(disk)
+        writes = {
+            "metrics.json": lambda p: io.write_json(p, {"after": list(range(2000))}),
+            "predictions.npz": lambda p: io.write_npz(p, **big),
+            "tables.md": lambda p: io.write_text(p, "x" * 100_000),
+            "checkpoint": lambda p: save_network(p, big, {}),
+            "state/2": lambda p: store.save(2, {"state": big}, {}),
+            "record/record.txt": lambda p: _place(str(tmp_path / "record.txt"), p),
+        }
+        for name, write in writes.items():
+            path = str(disk / name)
+            with pytest.raises(io.WriteError) as error:
+                write(path)
+            assert re.fullmatch(rf"cannot write {re.escape(path)}: No space left on device \(\d[\d.]* k?B free on "
+                                rf"{re.escape(str(disk))}\)", str(error.value)), str(error.value)
+        assert leftovers(disk) == []
+        assert json.loads((disk / "metrics.json").read_text()) == {"before": True}
+        assert committed_steps(disk / "state") == [1] and not (disk / "checkpoint").exists()
+
+
+def test_no_profile_turns_off_snakemakes_lock():
+    """Snakemake's own lock (one Snakemake per working directory) stays on: no profile or CI script turns it off."""
+    profiles = glob.glob(os.path.join(ROOT, "profiles", "*", "config.y*ml")) + [
+        os.path.join(ROOT, "tests", "slurm", "profile", "config.yaml")]
+    assert len(profiles) >= 2
+    for path in profiles:
+        with open(path) as f:
+            settings = yaml.safe_load(f) or {}
+        assert not [k for k in settings if k.replace("_", "-").lstrip("-") == "nolock"], path
+    for path in profiles + [os.path.join(ROOT, p) for p in (".ci/run", "tests/slurm/run_local_slurm.sh")]:
+        with open(path) as f:
+            assert not re.search(r"--nolock\b|\bnolock:", f.read()), path
 
 
 # --- 6. network guard ------------------------------------------------------------------------------------------------

@@ -119,6 +119,21 @@ def test_seed_group_rules_get_the_train_student_resources_of_the_profile(tmp_pat
                 assert resources.get(name) == expected(value, config["threads"]), (k, name, resources)
 
 
+def test_a_training_job_stopped_by_slurm_checkpoints_and_is_retried(dry_run):
+    """Time limit, preemption, scancel: the training jobs get SIGTERM before their limit (sbatch --signal), the
+    training process is the job's shell itself (`exec`: no shell in between to die first and end the job before
+    the checkpoint is written), a failed job is retried (Snakemake keeps its resume state), and a preempted one is
+    requeued. run_local_slurm.sh cancels a job for real."""
+    profile = load(PROFILE)
+    assert profile["retries"] >= 1 and profile["slurm-requeue"] is True
+    assert load(os.path.join(ROOT, "tests", "slurm", "profile"))["retries"] >= 1
+    for rule in ("train_teacher", "train_student"):
+        extra = expected(profile["set-resources"][rule]["slurm_extra"], 1)
+        assert re.fullmatch(r"--signal=TERM@\d+", extra), (rule, extra)
+    commands = [line for line in dry_run.splitlines() if "python -m ev3 train" in line]
+    assert commands and all("exec python -m ev3 train" in c for c in commands), commands
+
+
 def test_cluster_profile_has_no_test_cluster_settings():
     profile = load(PROFILE)
     assert not TEST_ONLY_KEYS & set(profile), TEST_ONLY_KEYS & set(profile)

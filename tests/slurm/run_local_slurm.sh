@@ -3,6 +3,9 @@
 # snakemake-executor-plugin-slurm with tests/slurm/profile. Needs root on a Debian-like machine (it installs
 # the slurm and munge packages when missing and writes /etc/slurm/slurm.conf) and an environment with
 # ev3[cluster] active. Outputs go to results/slurm_smoke/ (rewritten on every run).
+# Mid-run, the teacher's training job is cancelled (`scancel`: SIGTERM, then SIGKILL after KillWait, as at a time
+# limit or a preemption): it must checkpoint the step it is at and exit, Snakemake's retry must resume there, and
+# the teacher must equal an uninterrupted run of the same run.json (metrics but timing, predictions).
 #   bash tests/slurm/run_local_slurm.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -42,8 +45,10 @@ STATE=$(mktemp -d /tmp/ev3-slurm.XXXXXX)
 mkdir -p "$STATE/ctld" "$STATE/spool"
 
 PIDS=()
+CANCELLER=""
 cleanup() {
     local rc=$?
+    if [ -n "$CANCELLER" ]; then kill "$CANCELLER" 2>/dev/null || true; fi
     if [ "${#PIDS[@]}" -gt 0 ]; then
         scancel --quiet --user "$(id -un)" 2>/dev/null || true  # jobs of this private cluster only
         kill "${PIDS[@]}" 2>/dev/null || true
@@ -119,17 +124,46 @@ done
 [ "$state" = idle ] || die "node $HOST not idle after 60 s (sinfo says '${state:-nothing}')"
 echo "run_local_slurm: SLURM up on $HOST ($CPUS CPUs, $MEM_MB MiB) after $(( $(date +%s) - start )) s"
 
-rm -rf "results/$BENCHMARK"
-mkdir -p "results/$BENCHMARK"
-LOG="results/$BENCHMARK/snakemake-slurm.log"
-echo "seeds: $SEEDS" >"$STATE/seeds.yaml"  # merged over $CONFIG (--config would pass the seeds as strings)
+R="results/$BENCHMARK"
+rm -rf "$R"
+mkdir -p "$R"
+LOG="$R/snakemake-slurm.log"
+# Merged over $CONFIG (--config would pass the values as strings): one seed, and a teacher long enough (800 steps,
+# a checkpoint every 200) to be cancelled mid-run.
+printf 'seeds: %s\nteacher: {train: {steps: 800, eval_every: 200}}\n' "$SEEDS" >"$STATE/overlay.yaml"
+TEACHER_STATE="$R/state/teacher/mnist1d/cnn/seed0"
+TEACHER_LOG="$R/logs/teacher/mnist1d/cnn.log"
+
+checkpoints() { ls "$TEACHER_STATE" 2>/dev/null | grep -x '[0-9][0-9]*' | sort -n | tr '\n' ' '; }
+
+# Cancels the teacher's job once it has a checkpoint, and keeps that attempt's log (the retry rewrites it).
+cancel_teacher() {
+    local job end=$(( $(date +%s) + 600 ))
+    while [ -z "$(checkpoints)" ]; do
+        [ "$(date +%s)" -lt "$end" ] || { echo "no teacher checkpoint within 600 s" >"$STATE/cancel.err"; return; }
+        sleep 0.1
+    done
+    job=$(squeue -h -o '%i %k' | awk '$2 ~ /^rule_train_teacher/ {print $1; exit}')
+    [ -n "$job" ] || { echo "no train_teacher job in squeue: $(squeue -h -o '%i %k %T')" >"$STATE/cancel.err"; return; }
+    scancel "$job"
+    echo "$job $(checkpoints)" >"$STATE/cancelled"
+    while squeue -h -j "$job" -o %T 2>/dev/null | grep -qE 'RUNNING|COMPLETING|CONFIGURING|SUSPENDED'; do
+        sleep 0.1
+    done
+    cp "$TEACHER_LOG" "$STATE/teacher-cancelled.log"
+}
+
 run_start=$(date +%s)
+cancel_teacher &
+CANCELLER=$!
 # Jobs inherit this shell's environment (sbatch --export=ALL), so they find this environment's python.
-if ! python -m snakemake --profile tests/slurm/profile --configfile "$CONFIG" "$STATE/seeds.yaml" --config "benchmark=$BENCHMARK" \
-        >"$LOG" 2>&1; then
+if ! python -m snakemake --profile tests/slurm/profile --configfile "$CONFIG" "$STATE/overlay.yaml" \
+        --config "benchmark=$BENCHMARK" >"$LOG" 2>&1; then
     tail -n 60 "$LOG" >&2
     die "snakemake through SLURM failed (full log: $LOG)"
 fi
+wait "$CANCELLER"
+CANCELLER=""
 run_wall=$(( $(date +%s) - run_start ))
 
 # Every run's metrics, the summary table, and every cluster job submitted through SLURM.
@@ -141,16 +175,55 @@ runs = len(student_runs(c))  # each method on its students (a method's `students
 print(runs, len(c["datasets"]) * 2 + runs)  # prepare_data and train_teacher per dataset, train_student per run
 EOF
 )
-R="results/$BENCHMARK"
 [ -s "$R/tables/summary.csv" ] || die "missing $R/tables/summary.csv"
 runs=$(find "$R/runs" -name metrics.json | wc -l)
 [ "$runs" -eq "$expected_runs" ] || die "$runs student metrics.json in $R/runs, expected $expected_runs"
 submitted=$(grep -c "has been submitted with SLURM jobid" "$LOG" || true)
-[ "$submitted" -eq "$expected_jobs" ] \
-    || die "$submitted jobs submitted through SLURM (see $LOG), expected $expected_jobs"
+[ "$submitted" -eq "$((expected_jobs + 1))" ] \
+    || die "$submitted jobs submitted through SLURM (see $LOG), expected $expected_jobs + the cancelled one's retry"
 # The controller's own record: every job it ran, and its exit status (squeue forgets jobs after MinJobAge).
 completed=$(grep -c "_job_complete: JobId=[0-9]* WEXITSTATUS 0$" "$STATE/slurmctld.log" || true)
 [ "$completed" -eq "$expected_jobs" ] || die "slurmctld saw $completed jobs exit 0, expected $expected_jobs"
 
-echo "run_local_slurm: OK: $submitted SLURM jobs, $runs runs, $R/tables/summary.csv;" \
-    "snakemake ${run_wall} s, total $(( $(date +%s) - start )) s"
+# The cancelled teacher: SIGTERM made it checkpoint the step it was at (at or after the checkpoints there when it
+# was cancelled) and exit; the retry resumed from that step and ends as an uninterrupted run of its run.json.
+[ ! -s "$STATE/cancel.err" ] || die "$(cat "$STATE/cancel.err")"
+[ -s "$STATE/cancelled" ] || die "the teacher's job was not cancelled"
+read -r cancelled_job seen_steps <"$STATE/cancelled"
+stopped=$(grep -o "stopped by SIGTERM at step [0-9]*" "$STATE/teacher-cancelled.log" | grep -o '[0-9]*$' || true)
+if [ -z "$stopped" ]; then
+    cat "$STATE/teacher-cancelled.log" >&2
+    die "the cancelled teacher job $cancelled_job did not checkpoint on SIGTERM"
+fi
+for step in $seen_steps; do
+    [ "$stopped" -ge "$step" ] || die "stopped at step $stopped, before its checkpoint $step"
+done
+if ! grep -q "resumed from step $stopped " "$TEACHER_LOG"; then
+    cat "$TEACHER_LOG" >&2
+    die "the retry did not resume from step $stopped"
+fi
+ref_start=$(date +%s)
+python -m ev3 train "$R/teacher/mnist1d/cnn/seed0/run.json" --out "$STATE/teacher-uninterrupted" --threads 1 \
+    --compile-cache "$R/compile_cache" >"$STATE/teacher-uninterrupted.log" 2>&1 \
+    || { cat "$STATE/teacher-uninterrupted.log" >&2; die "the uninterrupted teacher run failed"; }
+python - "$R/teacher/mnist1d/cnn/seed0" "$STATE/teacher-uninterrupted" <<'PY' \
+    || die "the resumed teacher differs from an uninterrupted run"
+import json, sys
+import numpy as np
+def metrics(run_dir):  # metrics.json minus the fields that measure time
+    m = json.load(open(f"{run_dir}/metrics.json"))
+    for k in ("wall_s", "compile_s", "steps_per_s"):
+        m["compute"].pop(k)
+    for h in m["history"]:
+        h.pop("wall_s")
+    return m
+resumed, uninterrupted = sys.argv[1:]
+assert metrics(resumed) == metrics(uninterrupted), "metrics.json differs"
+a, b = np.load(f"{resumed}/predictions.npz"), np.load(f"{uninterrupted}/predictions.npz")
+assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a), "predictions.npz differs"
+PY
+ref_wall=$(( $(date +%s) - ref_start ))
+
+echo "run_local_slurm: OK: $submitted SLURM jobs, $runs runs, $R/tables/summary.csv; teacher job $cancelled_job" \
+    "cancelled with checkpoints [${seen_steps% }], stopped at step $stopped, resumed by its retry, equal to an" \
+    "uninterrupted run (${ref_wall} s); snakemake ${run_wall} s, total $(( $(date +%s) - start )) s"

@@ -3,9 +3,11 @@
 # directory (`python -m ev3 train-group`). The resolved run config is a param, so a changed method, model or
 # recipe reruns exactly the runs it changes (Snakemake's params rerun trigger); a group extended by a new seed
 # reruns that group's job, which restores its finished runs from their records instead of training them.
+# `exec`: the job's shell becomes the training process, so a scheduler's SIGTERM (time limit, preemption) reaches
+# it with no shell in between that would die first and end the job before the training checkpoints (ev3.stop).
 GROUP_MODE = seeds_per_job(cfg)["mode"]
 GROUP_SHELL = (
-    "python -m ev3 train-group --run {params.run:q} --seeds {params.seeds} --mode " + GROUP_MODE
+    "exec python -m ev3 train-group --run {params.run:q} --seeds {params.seeds} --mode " + GROUP_MODE
     + f" --threads {{threads}} --compile-cache {COMPILE_CACHE} > {{log}} 2>&1"
 )
 

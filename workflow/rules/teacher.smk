@@ -12,7 +12,8 @@ rule teacher_run_config:
         write_json(output[0], params.run)
 
 
-# Trains the teacher, or (config teacher.checkpoint) imports and evaluates a given checkpoint.
+# Trains the teacher, or (config teacher.checkpoint) imports and evaluates a given checkpoint. `exec`: as for the
+# students (distill.smk), a SIGTERM reaches the training process with no shell in between.
 rule train_teacher:
     input:
         run=f"{TEACHER}/run.json",
@@ -31,5 +32,5 @@ rule train_teacher:
     conda:
         CONDA_ENV
     shell:
-        "python -m ev3 train {input.run} --out $(dirname {output.metrics}) --state-dir {params.state}"
+        "exec python -m ev3 train {input.run} --out $(dirname {output.metrics}) --state-dir {params.state}"
         + f" --threads {{threads}} --compile-cache {COMPILE_CACHE} > {{log}} 2>&1"
