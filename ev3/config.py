@@ -142,8 +142,7 @@ MIXUP_REFUSED = {"dkd": "its target/non-target split needs each sample's one lab
 def _check_views(prefix: str, train: dict, config: dict) -> None:
     """``train.augment``'s keys fit the datasets (image keys need images, signal keys 1-D signals), and
     ``train.mixup`` is not used with a method whose loss needs hard labels (:data:`MIXUP_REFUSED`)."""
-    from ev3.data import SIGNALS
-    from ev3.data.augment import IMAGE_KEYS, SIGNAL_KEYS
+    from ev3.data import IMAGE_KEYS, SIGNAL_KEYS, SIGNALS
 
     augment = train.get("augment") or {}
     for kind, keys, fits in (("image", IMAGE_KEYS, lambda d: d not in SIGNALS), ("signal", SIGNAL_KEYS, lambda d: d in SIGNALS)):
@@ -164,7 +163,7 @@ def _check_ev3(key: str, options: dict, student_types: dict, flops_budget: bool 
     required) only by ``paired``, ``decide.alpha`` only by ``reference``; elsewhere each is an error. A
     ``growth.operator`` must fit every student's model type (``student_types``: student → type). ``passes`` > 1
     needs a round budget (``flops_budget``: the config sets ``budget.flops``) and at most ``iterations`` passes."""
-    from ev3.methods.ev3 import OPERATOR_TYPES
+    from ev3.methods.options import OPERATOR_TYPES
 
     operator = (options.get("growth") or {}).get("operator")
     for student, kind in student_types.items():
@@ -250,10 +249,11 @@ def method_students(config: dict, method: str) -> list[str]:
 
 
 def budget_share(method: dict) -> int:
-    """Student steps of one unit of a method instance (``methods/<name>``): its module's ``budget_share``."""
-    from ev3 import methods
+    """Student steps of one unit of a method instance (``methods/<name>``): its module's ``budget_share``, from
+    :mod:`ev3.methods.options` (no JAX import while planning)."""
+    from ev3.methods import options
 
-    return methods.get(method["type"]).budget_share(method)
+    return options.budget_share(method)
 
 
 @dataclass(frozen=True)
@@ -379,10 +379,10 @@ def student_run(config: dict, dataset: str, student: str, method: str, seed: int
     options.pop("students", None)  # which runs exist, not how one runs
     train = run_train(config, config["train"])
     if config.get("budget") and "student_steps" in config["budget"]:  # equal student steps for every method
-        from ev3 import methods
+        from ev3.methods.options import with_units
 
         units = config["budget"]["student_steps"] // budget_share(options)
-        options, train = methods.get(options["type"]).with_units(options, train, units)
+        options, train = with_units(options, train, units)
     teacher = teacher_of(config, student)
     return {
         **_common(config, dataset, teacher),
