@@ -15,13 +15,13 @@ if seeds_per_job(cfg)["count"] == 1:
     rule train_student:
         input:
             data=paths.data_dir("{dataset}", root=R),
-            teacher=teacher_checkpoint_of,
+            teacher=TEACHER_CHECKPOINT,
         output:
             run=f"{RUN}/run.json",
             metrics=f"{RUN}/metrics.json",
             predictions=f"{RUN}/predictions.npz",
         params:
-            run=lambda wc: group_run(cfg, wc.dataset, wc.student, wc.method),
+            run=lambda wc: group_run_of(wc.dataset, wc.student, wc.method),
             seeds=lambda wc: wc.seed,
         log:
             f"{R}/logs/{os.path.relpath(RUN, R)}.log",
@@ -44,13 +44,13 @@ else:
                 name
             input:
                 data=paths.data_dir("{dataset}", root=R),
-                teacher=teacher_checkpoint_of,
+                teacher=TEACHER_CHECKPOINT,
             output:
                 run=expand(f"{RUN}/run.json", seed=group, allow_missing=True),
                 metrics=expand(f"{RUN}/metrics.json", seed=group, allow_missing=True),
                 predictions=expand(f"{RUN}/predictions.npz", seed=group, allow_missing=True),
             params:
-                run=lambda wc: group_run(cfg, wc.dataset, wc.student, wc.method),
+                run=lambda wc: group_run_of(wc.dataset, wc.student, wc.method),
                 seeds=" ".join(map(str, group)),
             log:
                 f"{R}/logs/{os.path.relpath(os.path.dirname(RUN), R)}/{name}.log",
