@@ -22,7 +22,7 @@ if seeds_per_job(cfg)["count"] == 1:
             predictions=f"{RUN}/predictions.npz",
         params:
             run=lambda wc: group_run_of(wc.dataset, wc.student, wc.method),
-            seeds=lambda wc: wc.seed,
+            seeds="{seed}",  # the run's seed (a wildcard; strings in params are formatted with them)
         log:
             f"{R}/logs/{os.path.relpath(RUN, R)}.log",
         threads: cfg["threads"]
