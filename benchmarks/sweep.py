@@ -142,6 +142,7 @@ def plan(n_runs: int, seeds_per_job: int, codes: list[str], repeats: int = 3) ->
             row[f"{name}wall_s"] = round(_median([r["wall_s"] for r in rounds]), 2)
             row[f"{name}walls_s"] = [round(r["wall_s"], 2) for r in rounds]
             row[f"{name}cpu_s"] = round(_median([r["cpu_s"] for r in rounds]), 2)
+            row[f"{name}cpus_s"] = [round(r["cpu_s"], 2) for r in rounds]
             row[f"{name}peak_rss_mb"] = round(_median([r["peak_rss_mb"] for r in rounds]), 1)
         row.update({k: runs[""][0][k] for k in ("dry_run_lines", "dry_run_bytes", "longest_line")})
         row["load_avg"] = [round(x, 2) for x in load_before + os.getloadavg()]  # 1, 5, 15 min: before, after
