@@ -1,12 +1,18 @@
 """A study of many runs: planning, orchestration, fixed cost per run and aggregation at 1k and 10k runs.
 
     python benchmarks/sweep.py [--parts plan selection fixed orchestration aggregate] [--plan-runs 1000 10000]
-        [--selection-runs 1000 10000] [--free-slots 100 10 1] [--seeds-per-job 1 10] [--group 8] [--tiny-runs 40]
-        [--aggregate-runs 1000 10000] [--code DIR] [--no-record]
+        [--plan-seeds-per-job 3] [--repeats 3] [--selection-runs 1000 10000] [--free-slots 100 10 1]
+        [--seeds-per-job 1 10] [--group 8] [--tiny-runs 40] [--aggregate-runs 1000 10000] [--code DIR ...]
+        [--no-record]
 
 - plan: ``snakemake -n`` of the default benchmark (config/config.yaml, M methods) with its seeds extended to
-  at least N runs (⌈N / M⌉ seeds), per ``seeds_per_job`` count S: wall seconds, peak RSS of the Snakemake
-  process, jobs, and the size of its listing (lines, bytes, longest line).
+  at least N runs (⌈N / M⌉ seeds), per ``seeds_per_job`` count S (``--plan-seeds-per-job``): wall seconds and
+  peak RSS of the Snakemake process and its CPU seconds (user + system; less sensitive than wall time to other
+  processes on a shared machine), medians of ``--repeats``, jobs, and the size of its listing (lines,
+  bytes, longest line); beside it, in the same rounds (workflow, floor, workflow, floor, …), the floor:
+  ``snakemake -n`` of the bare Snakefile with the same jobs (``benchmarks/bare_snakefile.py``: same rules,
+  outputs and logs, static inputs, no validation), checked to plan the same jobs per rule. The load average
+  before and after is in the row.
 - selection: Snakemake's job selection alone, greedy (``--scheduler greedy``) against the default ILP: one round
   over the N training jobs of the default benchmark (S = 1, all ready, as after the teacher) with 100, 10 or 1
   free job slots (a cluster run's first round with ``jobs: 100``; later a round whenever jobs end): seconds per
@@ -22,8 +28,9 @@
 - aggregate: ``python -m ev3 aggregate`` on synthetic schema-valid trees (``benchmarks/synthetic_runs.py``):
   wall and peak RSS (``benchmarks/aggregate_scale.py``).
 
-``--code DIR`` plans with another checkout's workflow and ``ev3`` (e.g. an older commit; S = 1 only). Each
-measurement appends a row to benchmarks/results.jsonl (``benchmark: sweep``, ``part``).
+``--code DIR`` also plans with another checkout's workflow and ``ev3`` (e.g. an older commit) in the same rounds
+(``code_*`` fields of the plan row; the checkout must know the config's keys). Each measurement appends a row to
+benchmarks/results.jsonl (``benchmark: sweep``, ``part``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -48,8 +56,8 @@ from benchmarks.synthetic_runs import write_runs  # noqa: E402
 MAX_TINY_RUNS = 200
 
 
-def _timed(cmd: list[str], *, cwd: str, code: str = ROOT) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, stdout + stderr) of ``cmd`` with ``code`` first on PYTHONPATH; raises on
+def _run(cmd: list[str], *, cwd: str, code: str = ROOT) -> tuple[float, resource.struct_rusage, str]:
+    """(wall seconds, resource usage, stdout + stderr) of ``cmd`` with ``code`` first on PYTHONPATH; raises on
     failure."""
     env = {**os.environ, "PYTHONPATH": code, "JAX_PLATFORMS": "cpu"}
     with tempfile.TemporaryFile("w+") as out:
@@ -61,6 +69,12 @@ def _timed(cmd: list[str], *, cwd: str, code: str = ROOT) -> tuple[float, float,
         text = out.read()
     if os.waitstatus_to_exitcode(status):
         raise RuntimeError(f"{' '.join(cmd[:6])} … failed:\n{text[-3000:]}")
+    return wall, usage, text
+
+
+def _timed(cmd: list[str], *, cwd: str, code: str = ROOT) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, stdout + stderr) of ``cmd`` (:func:`_run`)."""
+    wall, usage, text = _run(cmd, cwd=cwd, code=code)
     return wall, usage.ru_maxrss / 1024, text
 
 
@@ -79,17 +93,60 @@ def default_config(n_runs: int, seeds_per_job: int) -> dict:
     return config
 
 
-def plan(n_runs: int, seeds_per_job: int, code: str) -> dict:
+def _job_stats(out: str) -> dict[str, int]:
+    """Jobs per rule of a dry run's "Job stats" table (with ``total``)."""
+    table = out.split("Job stats:", 1)[1].split("\n\n", 1)[0].splitlines()[3:]
+    return {rule: int(count) for rule, count in (line.split() for line in table if line.strip())}
+
+
+def _dry_run(snakefile: str, work: str, code: str, *args: str) -> dict:
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-s", snakefile, "--directory", work, "--cores", "2", *args]
+    wall, usage, out = _run(cmd, cwd=code, code=code)
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "stats": _job_stats(out), "dry_run_lines": out.count("\n"),
+            "dry_run_bytes": len(out.encode()), "longest_line": max(map(len, out.splitlines()))}
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+
+
+def plan(n_runs: int, seeds_per_job: int, codes: list[str], repeats: int = 3) -> dict:
+    """``snakemake -n`` of the workflow (this checkout and each of ``codes``) and of the bare Snakefile with the
+    same jobs, ``repeats`` rounds of one each, interleaved: medians of wall seconds, CPU seconds and peak RSS."""
+    from benchmarks.bare_snakefile import bare_snakefile
+
     work = tempfile.mkdtemp(prefix="sweep_plan_")
     try:
-        cfg = _write_config(os.path.join(work, "config.yaml"), default_config(n_runs, seeds_per_job))
-        cmd = [sys.executable, "-m", "snakemake", "-n", "-s", os.path.join(code, "workflow", "Snakefile"),
-               "--directory", work, "--configfile", cfg, "--cores", "2"]
-        wall, rss, out = _timed(cmd, cwd=code, code=code)
-        jobs = int([line.split()[-1] for line in out.splitlines() if line.startswith("total")][-1])
-        return {"runs": n_runs, "seeds_per_job": seeds_per_job, "jobs": jobs, "wall_s": round(wall, 2),
-                "peak_rss_mb": round(rss, 1), "dry_run_lines": out.count("\n"), "dry_run_bytes": len(out.encode()),
-                "longest_line": max(map(len, out.splitlines()))}
+        config = default_config(n_runs, seeds_per_job)
+        cfg = _write_config(os.path.join(work, "config.yaml"), config)
+        bare = os.path.join(work, "Snakefile.bare")
+        with open(bare, "w") as f:
+            f.write(bare_snakefile(config))
+        variants = {"": (os.path.join(ROOT, "workflow", "Snakefile"), ROOT, ["--configfile", cfg]),
+                    "floor_": (bare, ROOT, [])}
+        for i, code in enumerate(codes):
+            name = f"code{i if len(codes) > 1 else ''}_"
+            variants[name] = (os.path.join(code, "workflow", "Snakefile"), code, ["--configfile", cfg])
+        load_before = os.getloadavg()
+        runs = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, (snakefile, code, args) in variants.items():
+                runs[name].append(_dry_run(snakefile, work, code, *args))
+        stats = runs[""][0]["stats"]
+        if runs["floor_"][0]["stats"] != stats:
+            raise RuntimeError(f"the bare Snakefile plans other jobs: {runs['floor_'][0]['stats']} != {stats}")
+        row = {"runs": n_runs, "seeds_per_job": seeds_per_job, "jobs": stats["total"], "repeats": repeats}
+        for name, rounds in runs.items():
+            row[f"{name}wall_s"] = round(_median([r["wall_s"] for r in rounds]), 2)
+            row[f"{name}walls_s"] = [round(r["wall_s"], 2) for r in rounds]
+            row[f"{name}cpu_s"] = round(_median([r["cpu_s"] for r in rounds]), 2)
+            row[f"{name}cpus_s"] = [round(r["cpu_s"], 2) for r in rounds]
+            row[f"{name}peak_rss_mb"] = round(_median([r["peak_rss_mb"] for r in rounds]), 1)
+        row.update({k: runs[""][0][k] for k in ("dry_run_lines", "dry_run_bytes", "longest_line")})
+        row["load_avg"] = [round(x, 2) for x in load_before + os.getloadavg()]  # 1, 5, 15 min: before, after
+        return row
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -228,30 +285,32 @@ def main(argv=None) -> None:
     p.add_argument("--selection-runs", type=int, nargs="+", default=[1000, 10000])
     p.add_argument("--free-slots", type=int, nargs="+", default=[100, 10, 1],
                    help="free job slots of a timed selection round")
-    p.add_argument("--seeds-per-job", type=int, nargs="+", default=[1, 10])
+    p.add_argument("--plan-seeds-per-job", type=int, nargs="+", default=[3], help="S of the planned studies")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the plan part")
+    p.add_argument("--seeds-per-job", type=int, nargs="+", default=[1, 10], help="S of the orchestration DAGs")
     p.add_argument("--group", type=int, default=8, help="S of the fixed-cost group job")
     p.add_argument("--tiny-runs", type=int, default=40, help=f"real runs of the orchestration DAG (≤ {MAX_TINY_RUNS})")
     p.add_argument("--aggregate-runs", type=int, nargs="+", default=[1000, 10000])
-    p.add_argument("--code", default=ROOT, help="checkout whose workflow and ev3 plan (default: this one)")
+    p.add_argument("--code", nargs="+", default=[], help="other checkouts planned in the same rounds (plan part)")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
     if args.tiny_runs > MAX_TINY_RUNS:
         p.error(f"--tiny-runs: at most {MAX_TINY_RUNS}")
     from benchmarks.common import record
 
-    code = os.path.abspath(args.code)
-    other = None if code == ROOT else code
+    codes = [os.path.abspath(c) for c in args.code]
+    other = codes or None
 
     def out(part: str, **row) -> None:
         print(json.dumps({"part": part, **row}), flush=True)
         if not args.no_record:
-            record("sweep", part=part, code=other, **row)
+            record("sweep", part=part, code=other if part == "plan" else None, **row)
 
     if "plan" in args.parts:
         for n in args.plan_runs:
-            for s in args.seeds_per_job if other is None else [1]:
-                out("plan", **plan(n, s, code))
-    if "selection" in args.parts and other is None:
+            for s in args.plan_seeds_per_job:
+                out("plan", **plan(n, s, codes, args.repeats))
+    if "selection" in args.parts:
         for n in args.selection_runs:
             for row in selection(n, args.free_slots):
                 out("selection", **row)
@@ -278,7 +337,7 @@ def main(argv=None) -> None:
             for n in args.aggregate_runs:
                 root = os.path.join(base, f"runs{n}")
                 write_runs(root, n, seed=0)
-                wall, rss = run_aggregate(root, code)
+                wall, rss = run_aggregate(root, ROOT)
                 out("aggregate", runs=n, wall_s=round(wall, 2), peak_rss_mb=round(rss, 1))
                 shutil.rmtree(root, ignore_errors=True)
         finally:

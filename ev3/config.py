@@ -145,8 +145,7 @@ MIXUP_REFUSED = {"dkd": "its target/non-target split needs each sample's one lab
 def _check_augment(key: str, augment: dict, config: dict) -> None:
     """The transforms ``augment`` (at config path ``key``) fit the datasets: image keys need images, signal keys
     1-D signals."""
-    from ev3.data import SIGNALS
-    from ev3.data.augment import IMAGE_KEYS, SIGNAL_KEYS
+    from ev3.data import IMAGE_KEYS, SIGNAL_KEYS, SIGNALS
 
     for kind, keys, fits in (("image", IMAGE_KEYS, lambda d: d not in SIGNALS), ("signal", SIGNAL_KEYS, lambda d: d in SIGNALS)):
         used = [k for k in keys if k in augment]
@@ -177,7 +176,7 @@ def _check_ev3(key: str, options: dict, student_types: dict, flops_budget: bool 
     ``growth.operator`` must fit every student's model type (``student_types``: student → type), and growth needs an
     operator for it (none for the VGG / MobileNetV2 / ShuffleNet / ResNetV2 zoo). ``passes`` > 1
     needs a round budget (``flops_budget``: the config sets ``budget.flops``) and at most ``iterations`` passes."""
-    from ev3.methods.ev3 import DEFAULT_OPERATOR, OPERATOR_TYPES
+    from ev3.methods.options import DEFAULT_OPERATOR, OPERATOR_TYPES
 
     growth = options.get("growth")
     operator = (growth or {}).get("operator")
@@ -277,10 +276,11 @@ def method_students(config: dict, method: str) -> list[str]:
 
 
 def budget_share(method: dict) -> int:
-    """Student steps of one unit of a method instance (``methods/<name>``): its module's ``budget_share``."""
-    from ev3 import methods
+    """Student steps of one unit of a method instance (``methods/<name>``): its module's ``budget_share``, from
+    :mod:`ev3.methods.options` (no JAX import while planning)."""
+    from ev3.methods import options
 
-    return methods.get(method["type"]).budget_share(method)
+    return options.budget_share(method)
 
 
 @dataclass(frozen=True)
@@ -408,10 +408,10 @@ def student_run(config: dict, dataset: str, student: str, method: str, seed: int
     if student in (config.get("student_learning_rate") or {}):
         train["optimizer"]["learning_rate"] = config["student_learning_rate"][student]
     if config.get("budget") and "student_steps" in config["budget"]:  # equal student steps for every method
-        from ev3 import methods
+        from ev3.methods.options import with_units
 
         units = config["budget"]["student_steps"] // budget_share(options)
-        options, train = methods.get(options["type"]).with_units(options, train, units)
+        options, train = with_units(options, train, units)
     teacher = teacher_of(config, student)
     return {
         **_common(config, dataset, teacher),

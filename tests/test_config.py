@@ -191,6 +191,29 @@ def test_budget_units_per_method_come_from_the_method_modules(smoke_config):
     members = len(space["temperature"]) * len(space["alpha"]) * len(space["learning_rate"])
     assert runs["kd-tuned"]["train"]["steps"] == 1000 // members
     assert runs["kd"]["train"]["steps"] == 1000 and "iterations" not in runs["kd"]["options"]
+    from ev3 import methods
+    from ev3.methods import options
+
+    for method_type in methods.METHOD_TYPES:  # the modules' hooks are the functions planning resolves runs with
+        module = methods.get(method_type)
+        assert module.budget_share is options.SHARES.get(method_type, options.step_share), method_type
+        assert module.with_units is options.UNITS.get(method_type, options.step_units), method_type
+
+
+def test_planning_imports_no_training_stack():
+    """Validating the default config and resolving every training job's run config (what the workflow does while
+    planning) imports neither JAX nor the report's libraries."""
+    code = (
+        "import sys, yaml\n"
+        "from ev3.config import group_run, student_runs, validate\n"
+        "config = validate(yaml.safe_load(open('config/config.yaml')))\n"
+        "[group_run(config, r['dataset'], r['student'], r['method']) for r in student_runs(config)]\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'optax', 'scipy', 'pandas', 'matplotlib'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
 
 
 def test_path_templates_are_spelled_once():

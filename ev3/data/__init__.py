@@ -30,6 +30,8 @@ EMBEDDED = ("mnist1d", "digits")
 TFDS_IMAGES = {"mnist": 10, "cifar10": 10, "cifar100": 100}  # name -> classes
 DATASETS = EMBEDDED + tuple(TFDS_IMAGES)
 SIGNALS = ("mnist1d",)  # 1-D signal datasets (the signal augmentations); every other dataset holds images
+SIGNAL_KEYS = ("scale", "translate", "corr_noise", "iid_noise", "shear")  # train.augment keys for signals …
+IMAGE_KEYS = ("crop_padding", "flip")  # … and for images (ev3.data.augment)
 
 
 class DatasetMissingError(RuntimeError):

@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SIGNAL_KEYS = ("scale", "translate", "corr_noise", "iid_noise", "shear")
-IMAGE_KEYS = ("crop_padding", "flip")
+from ev3.data import IMAGE_KEYS, SIGNAL_KEYS
 CORR_SIGMA = 2.0  # the mnist1d generator's gaussian_filter(noise, 2)
 
 

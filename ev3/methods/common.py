@@ -15,6 +15,7 @@ from flax import struct
 
 from ev3 import models
 from ev3.losses import standardize_logits
+from ev3.methods.options import step_share as budget_share, step_units as with_units  # noqa: F401  (the contract's defaults)
 from ev3.optim import make_optimizer
 from ev3.train import StepWork  # noqa: F401  (the supervised methods' unit of work)
 
@@ -118,16 +119,6 @@ def population_size(spec) -> None:
 
 def select(model, k: int):
     raise TypeError("select: not a population")
-
-
-def budget_share(options: dict) -> int:
-    """One student step per unit."""
-    return 1
-
-
-def with_units(options: dict, train: dict, units: int) -> tuple[dict, dict]:
-    """``units`` training steps."""
-    return options, {**train, "steps": units}
 
 
 def track(state, data, counter, teacher) -> None:

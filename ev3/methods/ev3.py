@@ -76,6 +76,8 @@ from flax import struct
 from ev3 import models
 from ev3.diagnostics import confidently_wrong
 from ev3.methods.common import Student, select  # noqa: F401  (select: the method contract's default)
+from ev3.methods.options import DEFAULT_OPERATOR
+from ev3.methods.options import ev3_share as budget_share, ev3_units as with_units  # noqa: F401  (a unit: one round)
 from ev3.data.augment import augment_fn, crop_flip, mixup_fn
 from ev3.models.growth import GROWTH_OPERATORS
 from ev3.models.mlp import hidden_widths
@@ -90,11 +92,6 @@ from ev3.train import FitResult, accuracy, flops_budget, frozen_logits, predict
 FAMILIES = {"adam": ADAM, "adamw": ADAMW, "sgd": SGD}
 STAGES = {"source": "train", "assess_samples": 128, "decide_samples": 256 * 128, "assess_alpha": 0.0}
 """``stages`` defaults: the reference's (assess 128 samples, pick by mean; decide 256 batches of 128)."""
-DEFAULT_OPERATOR = {"mlp": "expand_mlp", "cnn": "deepen_cnn", "resnet": "deepen_resnet_stage",
-                    "wrn": "deepen_resnet_stage"}
-"""``growth.operator`` per model type when not given: the reference's (CNNs can only be deepened)."""
-OPERATOR_TYPES = {"widen_mlp": ("mlp",), "deepen_mlp": ("mlp",), "expand_mlp": ("mlp",), "deepen_cnn": ("cnn",),
-                  "deepen_resnet_stage": ("resnet", "wrn"), "double_resnet": ("resnet", "wrn")}
 ALPHA = 1.96  # decide.alpha default: the reference's KD configs
 
 
@@ -275,16 +272,6 @@ def population_size(spec) -> None:
 def teacher_passes(spec) -> tuple[int, int]:
     """Teacher forwards per round: one per candidate step batch (K·L, every candidate draws its own); no backward."""
     return budget_share(spec.options), 0
-
-
-def budget_share(options: dict) -> int:
-    """Student steps of one round: K·L (every candidate's steps)."""
-    return len(options["losses"]) * len(options["optimizers"]) * options["steps_per_candidate"]
-
-
-def with_units(options: dict, train: dict, units: int) -> tuple[dict, dict]:
-    """``units`` rounds."""
-    return {**options, "iterations": units}, train
 
 
 def track(state: EV3Run, data, counter, teacher) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 from typing import Any
 
 import jax
@@ -34,6 +33,7 @@ from ev3 import methods
 from ev3.methods.common import (  # noqa: F401  (the method contract's default hooks)
     StepWork as work, Student, model, track, with_units,
 )
+from ev3.methods.options import tuned_share as budget_share  # noqa: F401  (a unit: one step of every member)
 from ev3.optim import make_optimizer
 from ev3.protocol.state import stack
 
@@ -51,11 +51,6 @@ def population_size(spec) -> int:
 def teacher_passes(spec) -> tuple[int, int]:
     """Teacher forwards and backwards per step: the base method's (shared by the members)."""
     return methods.get(spec.options["base"]).teacher_passes(spec)
-
-
-def budget_share(options: dict) -> int:
-    """Student steps of one step of the population: one per member."""
-    return math.prod(len(v) for v in options["space"].values())
 
 
 @struct.dataclass

@@ -1,4 +1,5 @@
 # Path helpers only: which runs exist and where their files live.
+import functools
 import os
 
 from ev3 import paths
@@ -25,6 +26,21 @@ def student_metrics(wildcards=None):
 def teacher_checkpoint_of(wildcards):
     """The checkpoint of the student's teacher (config teacher.model: one model or a per-student mapping)."""
     return os.path.join(teacher_dir(cfg, wildcards.dataset, teacher_of(cfg, wildcards.student)), "checkpoint")
+
+
+# A training job's teacher input: with one teacher model for every student a pattern, so planning calls no input
+# function per job (a study plans thousands of them).
+TEACHER_CHECKPOINT = (
+    os.path.join(teacher_dir(cfg, "{dataset}", cfg["teacher"]["model"]), "checkpoint")
+    if isinstance(cfg["teacher"]["model"], str)
+    else teacher_checkpoint_of
+)
+
+
+@functools.cache
+def group_run_of(dataset, student, method):
+    """``ev3.config.group_run``, resolved once per (dataset, student, method) for all its seed groups' jobs."""
+    return group_run(cfg, dataset, student, method)
 
 
 def teacher_metrics(wildcards=None):

@@ -17,14 +17,14 @@ if seeds_per_job(cfg)["count"] == 1:
     rule train_student:
         input:
             data=paths.data_dir("{dataset}", root=R),
-            teacher=teacher_checkpoint_of,
+            teacher=TEACHER_CHECKPOINT,
         output:
             run=f"{RUN}/run.json",
             metrics=f"{RUN}/metrics.json",
             predictions=f"{RUN}/predictions.npz",
         params:
-            run=lambda wc: group_run(cfg, wc.dataset, wc.student, wc.method),
-            seeds=lambda wc: wc.seed,
+            run=lambda wc: group_run_of(wc.dataset, wc.student, wc.method),
+            seeds="{seed}",  # the run's seed (a wildcard; strings in params are formatted with them)
         log:
             f"{R}/logs/{os.path.relpath(RUN, R)}.log",
         threads: cfg["threads"]
@@ -46,13 +46,13 @@ else:
                 name
             input:
                 data=paths.data_dir("{dataset}", root=R),
-                teacher=teacher_checkpoint_of,
+                teacher=TEACHER_CHECKPOINT,
             output:
                 run=expand(f"{RUN}/run.json", seed=group, allow_missing=True),
                 metrics=expand(f"{RUN}/metrics.json", seed=group, allow_missing=True),
                 predictions=expand(f"{RUN}/predictions.npz", seed=group, allow_missing=True),
             params:
-                run=lambda wc: group_run(cfg, wc.dataset, wc.student, wc.method),
+                run=lambda wc: group_run_of(wc.dataset, wc.student, wc.method),
                 seeds=" ".join(map(str, group)),
             log:
                 f"{R}/logs/{os.path.relpath(os.path.dirname(RUN), R)}/{name}.log",
