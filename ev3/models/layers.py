@@ -65,6 +65,20 @@ def global_pool(x: jax.Array) -> jax.Array:
 
 # Initialisation rules: layer → ((kernel distribution, scale), (bias distribution, scale)); "normal" draws
 # N(0, scale²), "uniform" U(−scale, scale), "zeros" 0.
+def preact_stages(layers, h: jax.Array) -> tuple[jax.Array, list, list]:
+    """Run ``layers`` (stages, each a list of blocks with ``preact(h)``: the block's output before its final
+    ReLU) from ``h``; returns the last output, each stage's output and each stage's last pre-activation (the
+    suites' ``feats`` and ``preact_feats`` of a network whose blocks end in a ReLU)."""
+    stages, preact = [], []
+    for layer in layers:
+        for block in layer:
+            pre = block.preact(h)
+            h = nnx.relu(pre)
+        stages.append(h)
+        preact.append(pre)
+    return h, stages, preact
+
+
 def _conv_fan_in(layer: nnx.Conv) -> int:
     return math.prod(layer.kernel.value.shape[:-1])  # k·k·in / groups, PyTorch's fan-in of a grouped conv
 

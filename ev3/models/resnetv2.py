@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ev3.models.features import Features
-from ev3.models.layers import batch_norm, conv, global_pool, image_shape, init_weights, linear
+from ev3.models.layers import batch_norm, conv, global_pool, image_shape, init_weights, linear, preact_stages
 from ev3.models.resnet import BasicBlock
 
 
@@ -97,12 +97,6 @@ class ResNetV2(nnx.Module):
     def features(self, x: jax.Array) -> tuple[jax.Array, Features]:
         """Logits as :meth:`__call__` and the stage outputs (module docstring)."""
         h = nnx.relu(self.bn1(self.conv1(x.reshape((x.shape[0], *self.image_shape)))))
-        stages, preact = [], []
-        for layer in self.layers:
-            for block in layer:
-                pre = block.preact(h)
-                h = nnx.relu(pre)
-            stages.append(h)
-            preact.append(pre)
+        h, stages, preact = preact_stages(self.layers, h)
         embedding = global_pool(h)
         return self.head(embedding).astype(jnp.float32), Features(stages, preact, embedding)
