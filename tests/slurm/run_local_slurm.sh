@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The smoke benchmark through a real SLURM: a one-node cluster on this machine (loopback), driven by
-# snakemake-executor-plugin-slurm with tests/slurm/profile. Needs root on a Debian-like machine (it installs
-# the slurm and munge packages when missing and writes /etc/slurm/slurm.conf) and an environment with
-# ev3[cluster] active. Outputs go to results/slurm_smoke/ (rewritten on every run).
+# The smoke benchmark (one seed, a method of each kind) through a real SLURM: a one-node cluster on this machine
+# (loopback), driven by snakemake-executor-plugin-slurm with tests/slurm/profile. Needs root on a Debian-like
+# machine (it installs the slurm and munge packages when missing and writes /etc/slurm/slurm.conf) and an
+# environment with ev3[cluster] active. Outputs go to results/slurm_smoke/ (rewritten on every run).
 # Mid-run, the teacher's training job is cancelled (`scancel`: SIGTERM, then SIGKILL after KillWait, as at a time
 # limit or a preemption): it must checkpoint the step it is at and exit, Snakemake's retry must resume there, and
 # the teacher must equal an uninterrupted run of the same run.json (metrics but timing, predictions).
@@ -12,7 +12,10 @@ cd "$(dirname "$0")/../.."
 
 BENCHMARK=slurm_smoke
 CONFIG=config/smoke.yaml
-SEEDS="[0]"  # one seed of the smoke benchmark: every rule and method through SLURM, in about a third of the time
+SEEDS="[0]"  # one seed of the smoke benchmark: every rule through SLURM, in about a third of the time
+# The smoke benchmark's methods that run here: one of each kind of training job (no teacher, a frozen teacher, a
+# population, a learning teacher, EV3's rounds); every method trains in the smoke DAG of tests/test_workflow.py.
+METHODS="scratch kd kd-tuned metadistil ev3"
 MARKER="# Written by ev3 tests/slurm/run_local_slurm.sh"
 start=$(date +%s)
 
@@ -127,6 +130,13 @@ echo "run_local_slurm: SLURM up on $HOST ($CPUS CPUs, $MEM_MB MiB) after $(( $(d
 R="results/$BENCHMARK"
 rm -rf "$R"
 mkdir -p "$R"
+python - "$CONFIG" "$STATE/smoke.yaml" $METHODS <<'EOF'
+import sys, yaml
+config = yaml.safe_load(open(sys.argv[1]))
+config["methods"] = {name: m for name, m in config["methods"].items() if name in sys.argv[3:]}
+yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
+EOF
+CONFIG="$STATE/smoke.yaml"
 LOG="$R/snakemake-slurm.log"
 # Merged over $CONFIG (--config would pass the values as strings): one seed, and a teacher long enough (800 steps,
 # a checkpoint every 200) to be cancelled mid-run.
