@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ev3.models.features import Features
+
 _zeros = nnx.initializers.zeros_init()  # placeholder: init_weights draws every kernel at the end of __init__
 
 
@@ -65,18 +67,29 @@ def global_pool(x: jax.Array) -> jax.Array:
 
 # Initialisation rules: layer → ((kernel distribution, scale), (bias distribution, scale)); "normal" draws
 # N(0, scale²), "uniform" U(−scale, scale), "zeros" 0.
-def preact_stages(layers, h: jax.Array) -> tuple[jax.Array, list, list]:
-    """Run ``layers`` (stages, each a list of blocks with ``preact(h)``: the block's output before its final
-    ReLU) from ``h``; returns the last output, each stage's output and each stage's last pre-activation (the
-    suites' ``feats`` and ``preact_feats`` of a network whose blocks end in a ReLU)."""
-    stages, preact = [], []
-    for layer in layers:
-        for block in layer:
-            pre = block.preact(h)
-            h = nnx.relu(pre)
-        stages.append(h)
-        preact.append(pre)
-    return h, stages, preact
+class PreactStages(nnx.Module):
+    """The forward of a network made of a stem ``conv1`` → ``bn1`` → ReLU on the image, ``layers`` (stages, each a
+    list of blocks with ``preact(h)``: the block's output before its final ReLU), a global average pool and a
+    linear ``head``; a subclass's ``__init__`` builds those attributes (and ``image_shape``). Feature taps: each
+    stage's output and its last block's pre-activation (the suites' ``feats`` and ``preact_feats``), the pooled
+    embedding."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x``: (B, *input_shape) → float32 logits (B, num_classes)."""
+        return self.features(x)[0]
+
+    def features(self, x: jax.Array) -> tuple[jax.Array, Features]:
+        """Logits as :meth:`__call__` and the stage outputs (:class:`ev3.models.features.Features`)."""
+        h = nnx.relu(self.bn1(self.conv1(x.reshape((x.shape[0], *self.image_shape)))))
+        stages, preact = [], []
+        for layer in self.layers:
+            for block in layer:
+                pre = block.preact(h)
+                h = nnx.relu(pre)
+            stages.append(h)
+            preact.append(pre)
+        embedding = global_pool(h)
+        return self.head(embedding).astype(jnp.float32), Features(stages, preact, embedding)
 
 
 def _conv_fan_in(layer: nnx.Conv) -> int:

@@ -26,8 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ev3.models.features import Features
-from ev3.models.layers import batch_norm, conv, global_pool, image_shape, init_weights, linear, preact_stages
+from ev3.models.layers import PreactStages, batch_norm, conv, image_shape, init_weights, linear
 from ev3.models.resnet import BasicBlock
 
 
@@ -62,7 +61,7 @@ DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottle
 PLANES = (64, 128, 256, 512)
 
 
-class ResNetV2(nnx.Module):
+class ResNetV2(PreactStages):
     """The suites' CIFAR ``ResNet{depth}`` (resnetv2.py), e.g. depth 50 → ResNet50."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, depth: int, dtype: str = "float32",
@@ -89,14 +88,3 @@ class ResNetV2(nnx.Module):
         self.layers = nnx.List(layers)  # the suites' layer1 … layer4
         self.head = linear(in_ch, num_classes, dtype, rngs)
         init_weights(self, rngs.params(), conv_init="fan_out", linear_init="torch")
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``x``: (B, *input_shape) → float32 logits (B, num_classes)."""
-        return self.features(x)[0]
-
-    def features(self, x: jax.Array) -> tuple[jax.Array, Features]:
-        """Logits as :meth:`__call__` and the stage outputs (module docstring)."""
-        h = nnx.relu(self.bn1(self.conv1(x.reshape((x.shape[0], *self.image_shape)))))
-        h, stages, preact = preact_stages(self.layers, h)
-        embedding = global_pool(h)
-        return self.head(embedding).astype(jnp.float32), Features(stages, preact, embedding)

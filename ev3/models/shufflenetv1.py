@@ -28,10 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ev3.models.features import Features
-from ev3.models.layers import (
-    batch_norm, channel_shuffle, conv, global_pool, image_shape, init_weights, linear, preact_stages,
-)
+from ev3.models.layers import PreactStages, batch_norm, channel_shuffle, conv, image_shape, init_weights, linear
 
 OUT_PLANES, NUM_BLOCKS, GROUPS = (240, 480, 960), (4, 8, 4), 3  # the suites' ShuffleV1 cfg
 STEM = 24
@@ -60,7 +57,7 @@ class Bottleneck(nnx.Module):
         return h + x
 
 
-class ShuffleNetV1(nnx.Module):
+class ShuffleNetV1(PreactStages):
     """The suites' ShuffleV1 (groups 3)."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, *, dtype: str = "float32", rngs: nnx.Rngs):
@@ -79,14 +76,3 @@ class ShuffleNetV1(nnx.Module):
         self.layers = nnx.List(layers)  # the suites' layer1 … layer3
         self.head = linear(in_ch, num_classes, dtype, rngs)
         init_weights(self, rngs.params(), conv_init="torch", linear_init="torch")
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``x``: (B, *input_shape) → float32 logits (B, num_classes)."""
-        return self.features(x)[0]
-
-    def features(self, x: jax.Array) -> tuple[jax.Array, Features]:
-        """Logits as :meth:`__call__` and the stage outputs (module docstring)."""
-        h = nnx.relu(self.bn1(self.conv1(x.reshape((x.shape[0], *self.image_shape)))))
-        h, stages, preact = preact_stages(self.layers, h)
-        embedding = global_pool(h)
-        return self.head(embedding).astype(jnp.float32), Features(stages, preact, embedding)
