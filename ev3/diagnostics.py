@@ -58,16 +58,10 @@ def training_views(train: dict, data, samples: int = VIEW_SAMPLES):
     run config's ``train`` section says, with a fixed key: device array (n, *input_shape)."""
     import jax
 
-    from ev3.data.augment import augment_fn, mixup_fn
+    from ev3.data.augment import view_fn
     from ev3.rng import stream
 
     x, y = data.splits["train"]
     rows = np.sort(np.random.default_rng(VIEW_SEED).permutation(x.shape[0])[:samples])
-    x, y = x[rows], y[rows]
     key = stream(jax.random.key(VIEW_SEED), "teacher_views")
-    augment, mix = augment_fn(train.get("augment")), mixup_fn(train.get("mixup"))
-    if augment is not None:
-        x = augment(stream(key, "augment"), x)
-    if mix is not None:
-        x, _ = mix(stream(key, "mixup"), x, y, data.num_classes)
-    return x
+    return view_fn(train, data.num_classes)(key, x[rows], y[rows])[0]

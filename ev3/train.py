@@ -14,7 +14,8 @@ Conventions
   stream ``step`` folded with the step number. With ``train.augment`` (image or signal transforms) the batch is
   augmented on device in the same step (``ev3.data.augment``, stream ``augment`` of the step key), then with
   ``train.mixup`` mixed (stream ``mixup``; ``y`` becomes (B, C) float targets). The method's step gets that
-  view (views) and nothing else, so its teacher sees the very inputs its student trains on (function matching).
+  view (views; ``StepWork.batch_fn``) and nothing else, so its teacher sees the very inputs its student trains
+  on (function matching).
 - Steps per call (``train.steps_per_call``, N): the Python loop calls one ahead-of-time compiled step per unit
   when N = 1 (the CPU default: conv training inside ``lax.scan`` is much slower on CPU), or one compiled
   ``lax.scan`` over n ≤ N consecutive steps (the same per-step batch slicing, key folding and augmentation, so
@@ -72,7 +73,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ev3 import diagnostics, stop
-from ev3.data.augment import augment_fn, mixup_fn
+from ev3.data.augment import augment_fn, mixup_fn, view_fn
 from ev3.losses import cross_entropy_per_sample
 from ev3.parallel import data_parallel
 from ev3.rng import seed_key, stream
@@ -325,9 +326,6 @@ class StepWork:
     the single compiled step's cost × steps, the teacher's share from ``method.teacher_passes``; no per-step
     host accumulation."""
 
-    with_indices = False  # batches carry the examples' indices in ``train`` (:class:`IndexedStepWork`)
-    two_views = False  # batches carry a second view of the same examples (:class:`TwoViewStepWork`)
-
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         method, spec, put = ctx.method, ctx.spec, ctx.put
@@ -336,9 +334,7 @@ class StepWork:
         self.per_epoch = per_epoch = n // batch_size
         if per_epoch < 1:
             raise ValueError(f"train/batch_size={batch_size} exceeds the {n} training examples")
-        augment, dp, with_indices = augment_fn(spec.train.get("augment")), ctx.dp, self.with_indices
-        mix, classes = mixup_fn(spec.train.get("mixup")), ctx.data.num_classes
-        two_views, strong = self.two_views, augment_fn(spec.options.get("strong_view")) if self.two_views else None
+        dp, make_batch = ctx.dp, self.batch_fn(spec, ctx.data.num_classes)
         key = seed_key(spec.seed)
         self.train = (x_all, y_all)
 
@@ -350,20 +346,7 @@ class StepWork:
             (x, y), key = (train[0][idx], train[1][idx]), jax.random.fold_in(step_key, i)
             if dp:
                 x, y = dp.constrain_batch((x, y))
-            clean = x
-            if augment is not None:  # its own stream: the method's key is the same with or without augmentation
-                x = augment(stream(key, "augment"), x)
-            if mix is not None:  # after augmentation; labels become the mixed one-hot targets (B, C)
-                x, targets = mix(stream(key, "mixup"), x, y, classes)
-            else:
-                targets = y
-            batch = (x, targets, idx) if with_indices else (x, targets)
-            if two_views:  # the second view: its own transforms of the clean batch, mixed as the first
-                x_strong = None if strong is None else strong(stream(key, "strong_view"), clean)
-                if x_strong is not None and mix is not None:
-                    x_strong = mix(stream(key, "mixup"), x_strong, y, classes)[0]
-                batch = (*batch, x_strong)
-            state, logs = method.step(state, batch, key)
+            state, logs = method.step(state, make_batch(key, x, y, idx), key)
             if dp:
                 state = dp.constrain_replicated(state)
             return state, loss_sum + logs["loss"], i + 1
@@ -399,6 +382,13 @@ class StepWork:
         self.forwards, self.backwards = method.teacher_passes(spec)
         self.members = method.population_size(spec)
         self.initial = None
+
+    def batch_fn(self, spec, num_classes: int):
+        """``batch(key, x, y, idx)``: what the method's step gets of the clean batch ``(x, y)`` (rows ``idx`` of
+        ``train``) under the step's key: the view and targets of :func:`ev3.data.augment.view_fn` (augmentation
+        and mixup on their own streams, so the method's key is the same with or without them)."""
+        view = view_fn(spec.train, num_classes)
+        return lambda key, x, y, idx: view(key, x, y)
 
     def _step_flops(self, spec) -> float:
         """XLA's FLOPs of one call of the loop's step (batch gather, view, method step), as the run will count
@@ -513,7 +503,9 @@ class IndexedStepWork(StepWork):
     """:class:`StepWork` whose batches are ``(x, y, indices)``: ``indices`` (B,) int32, each example's row in the
     ``train`` split (a per-example memory, e.g. CRD's bank)."""
 
-    with_indices = True
+    def batch_fn(self, spec, num_classes: int):
+        view = view_fn(spec.train, num_classes)
+        return lambda key, x, y, idx: (*view(key, x, y), idx)
 
 
 class TwoViewStepWork(StepWork):
@@ -522,7 +514,17 @@ class TwoViewStepWork(StepWork):
     ``strong_view`` of the step key), then with ``train.mixup`` mixed with the same partners and λ as ``x``
     (stream ``mixup``), so both views share the targets ``y``; None when ``strong_view`` is absent (one view)."""
 
-    two_views = True
+    def batch_fn(self, spec, num_classes: int):
+        view, mix = view_fn(spec.train, num_classes), mixup_fn(spec.train.get("mixup"))
+        strong = augment_fn(spec.options.get("strong_view"))
+
+        def batch(key, x, y, idx):
+            x_strong = None if strong is None else strong(stream(key, "strong_view"), x)
+            if x_strong is not None and mix is not None:
+                x_strong = mix(stream(key, "mixup"), x_strong, y, num_classes)[0]
+            return (*view(key, x, y), x_strong)
+
+        return batch
 
 
 def fit(method, spec, data, teacher, *, log=print, state_dir: str | None = None, devices=None) -> FitResult:

@@ -151,3 +151,21 @@ def mixup_fn(config: dict | None):
         return mixup(key, x, jax.nn.one_hot(labels, num_classes, dtype=jnp.float32), alpha=alpha, per=per)
 
     return apply
+
+
+def view_fn(train: dict, num_classes: int):
+    """What a training step sees of a clean batch: ``view(key, x, labels) -> (x', targets)``, ``x`` augmented by
+    ``train.augment`` (stream "augment" of ``key``), then mixed by ``train.mixup`` (stream "mixup"; ``targets``
+    the mixed one-hot (B, C)); without mixup ``targets`` are the labels, without either the view is ``x``."""
+    from ev3.rng import stream
+
+    augment, mix = augment_fn(train.get("augment")), mixup_fn(train.get("mixup"))
+
+    def view(key, x, labels):
+        if augment is not None:
+            x = augment(stream(key, "augment"), x)
+        if mix is not None:
+            return mix(stream(key, "mixup"), x, labels, num_classes)
+        return x, labels
+
+    return view
