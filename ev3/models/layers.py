@@ -65,8 +65,6 @@ def global_pool(x: jax.Array) -> jax.Array:
     return x.mean(axis=(1, 2))
 
 
-# Initialisation rules: layer → ((kernel distribution, scale), (bias distribution, scale)); "normal" draws
-# N(0, scale²), "uniform" U(−scale, scale), "zeros" 0.
 class PreactStages(nnx.Module):
     """The forward of a network made of a stem ``conv1`` → ``bn1`` → ReLU on the image, ``layers`` (stages, each a
     list of blocks with ``preact(h)``: the block's output before its final ReLU), a global average pool and a
@@ -96,6 +94,8 @@ def _conv_fan_in(layer: nnx.Conv) -> int:
     return math.prod(layer.kernel.value.shape[:-1])  # k·k·in / groups, PyTorch's fan-in of a grouped conv
 
 
+# Initialisation rules: layer → ((kernel distribution, scale), (bias distribution, scale)); "normal" draws
+# N(0, scale²), "uniform" U(−scale, scale), "zeros" 0.
 CONV_INIT = {
     # RepDistiller / mdistiller vgg.py, mobilenetv2.py: weight ~ N(0, 2 / (k·k·out_channels)), bias 0 (also
     # kaiming_normal_(mode="fan_out") of resnetv2.py: PyTorch's fan-out k·k·out for any groups).
