@@ -3,9 +3,11 @@
 # (loopback), driven by snakemake-executor-plugin-slurm with tests/slurm/profile. Needs root on a Debian-like
 # machine (it installs the slurm and munge packages when missing and writes /etc/slurm/slurm.conf) and an
 # environment with ev3[cluster] active. Outputs go to results/slurm_smoke/ (rewritten on every run).
-# Mid-run, the teacher's training job is cancelled (`scancel`: SIGTERM, then SIGKILL after KillWait, as at a time
-# limit or a preemption): it must checkpoint the step it is at and exit, Snakemake's retry must resume there, and
-# the teacher must equal an uninterrupted run of the same run.json (metrics but timing, predictions).
+# Mid-run, the teacher's training job is stopped twice: first requeued (`scontrol requeue`, SLURM's preemption
+# path: SIGTERM, then SIGKILL after KillWait; the job goes back to the queue under its id), then, once the requeued
+# job has checkpointed past that point, cancelled (`scancel`, as at a time limit). Each time it must checkpoint the
+# step it is at and exit; SLURM's requeue and then Snakemake's retry must resume there, and the teacher must equal
+# an uninterrupted run of the same run.json (metrics but timing, predictions).
 #   bash tests/slurm/run_local_slurm.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -146,15 +148,48 @@ TEACHER_LOG="$R/logs/teacher/mnist1d/cnn.log"
 
 checkpoints() { ls "$TEACHER_STATE" 2>/dev/null | grep -x '[0-9][0-9]*' | sort -n | tr '\n' ' '; }
 
-# Cancels the teacher's job once it has a checkpoint, and keeps that attempt's log (the retry rewrites it).
-cancel_teacher() {
-    local job end=$(( $(date +%s) + 600 ))
-    while [ -z "$(checkpoints)" ]; do
-        [ "$(date +%s)" -lt "$end" ] || { echo "no teacher checkpoint within 600 s" >"$STATE/cancel.err"; return; }
+# The teacher's SLURM job id, and the step its stop request was checkpointed at in the log (empty before).
+teacher_job() { squeue -h -o '%i %k' | awk '$2 ~ /^rule_train_teacher/ {print $1; exit}'; }
+stopped_at() { grep -o "stopped by SIGTERM at step [0-9]*" "$1" 2>/dev/null | grep -o '[0-9]*$' | tail -n 1; }
+# Waits until the teacher state has a checkpoint past step $1 while its job runs; prints the job id.
+await_checkpoint() {
+    local job="" end=$(( $(date +%s) + 600 ))
+    while :; do
+        [ "$(date +%s)" -lt "$end" ] || { echo "no teacher checkpoint past step $1 within 600 s" >"$STATE/cancel.err"; return 1; }
+        job=$(teacher_job)
+        if [ -n "$job" ] && [ "$(squeue -h -j "$job" -o %T 2>/dev/null)" = RUNNING ] \
+                && [ "$(checkpoints | awk '{print $NF}')" -gt "$1" ] 2>/dev/null; then
+            echo "$job"; return 0
+        fi
         sleep 0.1
     done
-    job=$(squeue -h -o '%i %k' | awk '$2 ~ /^rule_train_teacher/ {print $1; exit}')
-    [ -n "$job" ] || { echo "no train_teacher job in squeue: $(squeue -h -o '%i %k %T')" >"$STATE/cancel.err"; return; }
+}
+# Requeues the teacher's job once it has a checkpoint, then cancels the requeued job once it has checkpointed past
+# the step it stopped at; keeps each stopped attempt's log (the next attempt rewrites it).
+stop_teacher() {
+    local job stopped
+    job=$(await_checkpoint 0) || return
+    echo "$job $(checkpoints)" >"$STATE/requeued"
+    scontrol requeue "$job"
+    local end=$(( $(date +%s) + 120 ))
+    until stopped=$(stopped_at "$TEACHER_LOG") && [ -n "$stopped" ]; do
+        [ "$(date +%s)" -lt "$end" ] || { echo "the requeued job $job did not checkpoint on SIGTERM" >"$STATE/cancel.err"; return; }
+        sleep 0.1
+    done
+    cp "$TEACHER_LOG" "$STATE/teacher-requeued.log"
+    # SLURM holds a requeued job back before it may start again (152 s here); once it is pending, make it
+    # eligible at once, as a cluster with free nodes would run it after that hold.
+    local state=""
+    end=$(( $(date +%s) + 120 ))
+    until state=$(squeue -h -j "$job" -o %T 2>/dev/null) && [[ "$state" =~ ^(PENDING|RUNNING)$ ]]; do
+        [ "$(date +%s)" -lt "$end" ] || { echo "the requeued job $job is not back in the queue: '$state'" >"$STATE/cancel.err"; return; }
+        sleep 0.1
+    done
+    if [ "$state" = PENDING ]; then
+        scontrol show job "$job" | grep -oE '(Reason|EligibleTime)=[^ ]*' | tr '\n' ' ' >"$STATE/requeue-hold"
+        scontrol update JobId="$job" StartTime=now
+    fi
+    job=$(await_checkpoint "$stopped") || return
     scancel "$job"
     echo "$job $(checkpoints)" >"$STATE/cancelled"
     while squeue -h -j "$job" -o %T 2>/dev/null | grep -qE 'RUNNING|COMPLETING|CONFIGURING|SUSPENDED'; do
@@ -164,7 +199,7 @@ cancel_teacher() {
 }
 
 run_start=$(date +%s)
-cancel_teacher &
+stop_teacher &
 CANCELLER=$!
 # Jobs inherit this shell's environment (sbatch --export=ALL), so they find this environment's python.
 if ! python -m snakemake --profile tests/slurm/profile --configfile "$CONFIG" "$STATE/overlay.yaml" \
@@ -195,19 +230,31 @@ submitted=$(grep -c "has been submitted with SLURM jobid" "$LOG" || true)
 completed=$(grep -c "_job_complete: JobId=[0-9]* WEXITSTATUS 0$" "$STATE/slurmctld.log" || true)
 [ "$completed" -eq "$expected_jobs" ] || die "slurmctld saw $completed jobs exit 0, expected $expected_jobs"
 
-# The cancelled teacher: SIGTERM made it checkpoint the step it was at (at or after the checkpoints there when it
-# was cancelled) and exit; the retry resumed from that step and ends as an uninterrupted run of its run.json.
+# The stopped teacher: each SIGTERM made it checkpoint the step it was at (at or after the checkpoints there when it
+# was stopped) and exit; the requeued job resumed from the first stop, the retry from the second, and the run ends
+# as an uninterrupted run of its run.json.
 [ ! -s "$STATE/cancel.err" ] || die "$(cat "$STATE/cancel.err")"
-[ -s "$STATE/cancelled" ] || die "the teacher's job was not cancelled"
-read -r cancelled_job seen_steps <"$STATE/cancelled"
-stopped=$(grep -o "stopped by SIGTERM at step [0-9]*" "$STATE/teacher-cancelled.log" | grep -o '[0-9]*$' || true)
-if [ -z "$stopped" ]; then
-    cat "$STATE/teacher-cancelled.log" >&2
-    die "the cancelled teacher job $cancelled_job did not checkpoint on SIGTERM"
-fi
-for step in $seen_steps; do
-    [ "$stopped" -ge "$step" ] || die "stopped at step $stopped, before its checkpoint $step"
-done
+check_stop() {  # $1: requeued | cancelled; prints the step the attempt stopped at
+    [ -s "$STATE/$1" ] || die "the teacher's job was not $1"
+    local job seen step stopped
+    read -r job seen <"$STATE/$1"
+    stopped=$(stopped_at "$STATE/teacher-$1.log")
+    if [ -z "$stopped" ]; then
+        cat "$STATE/teacher-$1.log" >&2
+        die "the $1 teacher job $job did not checkpoint on SIGTERM"
+    fi
+    for step in $seen; do
+        [ "$stopped" -ge "$step" ] || die "the $1 job stopped at step $stopped, before its checkpoint $step"
+    done
+    echo "$job $stopped"
+}
+stop=$(check_stop requeued)  # a failing check (die in the subshell) stops the script here (set -e)
+read -r requeued_job requeue_stop <<<"$stop"
+stop=$(check_stop cancelled)
+read -r cancelled_job stopped <<<"$stop"
+[ "$requeued_job" = "$cancelled_job" ] || die "the requeued job $requeued_job came back as job $cancelled_job"
+grep -q "resumed from step $requeue_stop " "$STATE/teacher-cancelled.log" \
+    || { cat "$STATE/teacher-cancelled.log" >&2; die "the requeued job did not resume from step $requeue_stop"; }
 if ! grep -q "resumed from step $stopped " "$TEACHER_LOG"; then
     cat "$TEACHER_LOG" >&2
     die "the retry did not resume from step $stopped"
@@ -235,5 +282,6 @@ PY
 ref_wall=$(( $(date +%s) - ref_start ))
 
 echo "run_local_slurm: OK: $submitted SLURM jobs, $runs runs, $R/tables/summary.csv; teacher job $cancelled_job" \
-    "cancelled with checkpoints [${seen_steps% }], stopped at step $stopped, resumed by its retry, equal to an" \
-    "uninterrupted run (${ref_wall} s); snakemake ${run_wall} s, total $(( $(date +%s) - start )) s"
+    "requeued at step $requeue_stop and resumed, cancelled at step $stopped and resumed by its retry, equal to an" \
+    "uninterrupted run (${ref_wall} s; the requeued job pending with $(cat "$STATE/requeue-hold" 2>/dev/null ||
+    echo 'no hold')); snakemake ${run_wall} s, total $(( $(date +%s) - start )) s"
